@@ -1,0 +1,40 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   creates .venv, installs the pinned requirements, writes the synthetic demo data
+#               and runs the main job on it
+#   make test   same environment, runs ruff and the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_DIR := demo_data/siim
+
+.PHONY: venv demo demo-data test lint benchmark clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+demo-data: venv $(DEMO_DIR)/train-rle.csv
+
+$(DEMO_DIR)/train-rle.csv:
+	$(PY) scripts/make_demo_data.py --out $(DEMO_DIR)
+
+demo: demo-data
+	$(PY) scripts/run_demo.py
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: venv lint
+	$(PY) -m pytest -q
+
+benchmark: demo-data
+	$(PY) scripts/benchmark.py
+
+clean:
+	rm -rf $(VENV) demo_data bundles/*/models/*.pt bundles/*/models/*.json bundles/*/cache bundles/*/logs bundles/*/eval

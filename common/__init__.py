@@ -1,0 +1,9 @@
+"""Shared code of the bundle collection: data layer, transforms, handlers, losses and engines.
+
+Bundle configs write ``$import common`` and then refer to ``common.<module>.<name>``; every
+module they use is imported here (a ``$import common.x`` would bind ``common.x``, not ``common``).
+"""
+
+from common import bundle, cache, datalist, handlers, imaging, io, rle, transforms
+
+__all__ = ["bundle", "cache", "datalist", "handlers", "imaging", "io", "rle", "transforms"]

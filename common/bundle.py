@@ -1,0 +1,86 @@
+"""Where a running bundle lives, and what config it runs with.
+
+MONAI 1.6.1 exposes neither the config file's path nor the parsed config to the expressions
+inside it (``bundle_root: "."`` is the current directory). So ``bundle_root()`` finds the
+``ConfigWorkflow`` that is evaluating the config on the call stack and takes its
+``config_root_path``; outside a workflow it falls back to ``--config_file`` on the command line.
+Either way outputs land inside the bundle, whatever the current directory is.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _workflow_on_stack() -> Any | None:
+    from monai.bundle import ConfigWorkflow
+
+    frame = inspect.currentframe()
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, ConfigWorkflow):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def _config_files_from_argv() -> list[Path]:
+    argv = sys.argv
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--config_file" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+        if value:
+            value = value.strip()
+            if value.startswith("["):
+                import ast
+
+                return [Path(v) for v in ast.literal_eval(value)]
+            return [Path(v) for v in value.split(",")]
+    return []
+
+
+def _root_of(configs_dir: Path) -> Path:
+    configs_dir = configs_dir.resolve()
+    return configs_dir.parent if configs_dir.name == "configs" else configs_dir
+
+
+def bundle_root() -> str:
+    """Absolute path of the bundle whose config is being run (the folder holding ``configs/``)."""
+    workflow = _workflow_on_stack()
+    if workflow is not None:
+        return str(_root_of(Path(workflow.config_root_path)))
+    files = _config_files_from_argv()
+    if files:
+        return str(_root_of(files[0].parent))
+    raise RuntimeError("cannot tell which bundle is running: pass --bundle_root <bundle folder>")
+
+
+def running_config() -> dict[str, Any]:
+    """The raw config (after command-line overrides) of the workflow on the stack; {} outside one."""
+    workflow = _workflow_on_stack()
+    if workflow is None:
+        return {}
+    return dict(workflow.parser.get() or {})
+
+
+def demo_data_dir(name: str = "siim") -> str:
+    """Default ``dataset_dir``: the synthetic demo data that ``make demo-data`` writes in the repository."""
+    return str(REPO_ROOT / "demo_data" / name)
+
+
+def latest_checkpoint(ckpt_dir: str) -> str:
+    """The resumable checkpoint with the highest epoch in ``ckpt_dir`` (``checkpoint_epoch=N.pt``)."""
+    found = sorted(Path(ckpt_dir).glob("checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[-1]))
+    if not found:
+        raise FileNotFoundError(
+            f"resume requested but {ckpt_dir} has no checkpoint_epoch=*.pt: train without --resume"
+        )
+    return str(found[-1])

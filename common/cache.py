@@ -1,0 +1,27 @@
+"""Cache keys for MONAI's PersistentDataset that follow the source files, not only their names.
+
+PersistentDataset keys its cache by the data item (plus, with ``hash_transform``, by the
+deterministic transforms, so a new resolution gets new entries). An item only names its files,
+so a file replaced in place would keep serving stale tensors: this key adds each file's size
+and modification time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from monai.data.utils import pickle_hashing
+
+PATH_KEYS = ("image", "label")
+
+
+def source_aware_hash(item: dict[str, Any]) -> bytes:
+    """Hash of the item plus (size, mtime) of every file it names under ``image``/``label``."""
+    stamps = {}
+    for key in PATH_KEYS:
+        value = item.get(key)
+        if isinstance(value, str) and os.path.isfile(value):
+            st = os.stat(value)
+            stamps[key] = (st.st_size, st.st_mtime_ns)
+    return pickle_hashing({"item": item, "stamps": stamps})

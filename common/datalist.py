@@ -1,0 +1,410 @@
+"""Datalists: scan a SIIM-ACR download or a plain image/mask folder, validate it, split it.
+
+A datalist is a MONAI-style JSON with the keys ``training_labelled``, ``training_unlabelled``,
+``validation`` and ``test``. Items hold ``id``, ``image`` (a path relative to the dataset
+folder) and either ``label`` (a mask file) or ``rle`` (the SIIM run-length rows of the image);
+unlabelled items carry no label at all. Bad input is collected as :class:`Problem` records:
+by default the build fails naming every problem; with ``skip_bad`` the bad items are left out
+and returned, to be counted and reported by the caller.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.imaging import IMAGE_SUFFIXES, ImageReadError, read_image, read_mask, stem
+from common.io import atomic_write_json
+from common.rle import RLEError, decode_union, is_empty_rle, parse_rle
+
+logger = logging.getLogger(__name__)
+
+SIIM_CSV = "train-rle.csv"
+SIIM_IMAGE_DIR = "dicom-images-train"
+SPLIT_KEYS = ("training_labelled", "training_unlabelled", "validation", "test")
+DEFAULT_SPLIT = (0.70, 0.15, 0.15)
+FOLDER_IMAGE_DIR, FOLDER_MASK_DIR = "images", "masks"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One piece of bad input: where it is (a file or a CSV line) and what is wrong."""
+
+    where: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.problem}"
+
+
+class DataValidationError(ValueError):
+    """The dataset has bad items; the message lists them (all of them in ``problems``)."""
+
+    def __init__(self, problems: Sequence[Problem], hint: str = "") -> None:
+        self.problems = list(problems)
+        shown = "\n".join(f"  - {p}" for p in self.problems[:20])
+        more = f"\n  ... and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
+        super().__init__(f"{len(self.problems)} bad input item(s):\n{shown}{more}{hint}")
+
+
+@dataclass
+class ScanResult:
+    """Items that passed the checks, the problems found, and where the paths are relative to."""
+
+    base_dir: Path
+    source: str
+    items: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- SIIM-ACR
+
+
+def read_rle_csv(csv_path: str | Path) -> tuple[dict[str, list[tuple[int, str]]], list[Problem], set[str]]:
+    """Read ``train-rle.csv`` into {ImageId: [(line, rle), ...]}, the malformed lines and their ImageIds.
+
+    Lines are 1-based file lines (the header is line 1), as an editor shows them. The header
+    may spell ``EncodedPixels`` with or without the competition's leading space.
+    """
+    rows: dict[str, list[tuple[int, str]]] = {}
+    problems: list[Problem] = []
+    bad_ids: set[str] = set()
+    with open(csv_path, newline="") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if header != ["ImageId", "EncodedPixels"]:
+            raise DataValidationError([Problem(f"{csv_path} line 1", f"unexpected header {header}")])
+        for line, row in enumerate(reader, start=2):
+            where = f"{csv_path} line {line}"
+            if len(row) != 2 or not row[0].strip():
+                problems.append(Problem(where, f"expected 'ImageId, EncodedPixels', got {row!r}"))
+                continue
+            image_id, rle = row[0].strip(), row[1].strip()
+            if not is_empty_rle(rle):
+                try:
+                    parse_rle(rle)
+                except RLEError as e:
+                    problems.append(Problem(f"{where} (ImageId {image_id})", f"malformed RLE: {e}"))
+                    bad_ids.add(image_id)
+                    continue
+            rows.setdefault(image_id, []).append((line, rle))
+    return rows, problems, bad_ids
+
+
+def scan_siim(siim_dir: str | Path) -> ScanResult:
+    """Pair every DICOM under ``dicom-images-train`` with its ``train-rle.csv`` rows (no pixel decoding)."""
+    siim_dir = Path(siim_dir)
+    csv_path = siim_dir / SIIM_CSV
+    image_root = siim_dir / SIIM_IMAGE_DIR
+    if not csv_path.is_file() or not image_root.is_dir():
+        raise FileNotFoundError(
+            f"{siim_dir} is not a SIIM-ACR folder: expected {SIIM_CSV} and {SIIM_IMAGE_DIR}/ inside it"
+        )
+    result = ScanResult(base_dir=siim_dir, source="siim-acr")
+    rows, result.problems, bad_ids = read_rle_csv(csv_path)
+    files: dict[str, Path] = {}
+    for path in sorted(image_root.rglob("*.dcm")):
+        image_id = path.stem  # the competition names every file <SOPInstanceUID>.dcm
+        if image_id in files:
+            result.problems.append(Problem(str(path), f"duplicate ImageId (also {files[image_id]})"))
+            continue
+        files[image_id] = path
+    for image_id, path in files.items():
+        if image_id in bad_ids:
+            continue  # its malformed row is already reported
+        if image_id not in rows:
+            result.problems.append(Problem(str(path), f"image has no row in {SIIM_CSV}"))
+            continue
+        positives = [r for _, r in rows[image_id] if not is_empty_rle(r)]  # the mask is their union
+        result.items.append(
+            {
+                "id": image_id,
+                "image": path.relative_to(siim_dir).as_posix(),
+                "rle": positives,
+                "positive": bool(positives),
+            }
+        )
+    for image_id, entries in rows.items():
+        if image_id not in files and image_id not in bad_ids:
+            line = entries[0][0]
+            result.problems.append(
+                Problem(f"{csv_path} line {line} (ImageId {image_id})", f"image not found under {image_root}")
+            )
+    return result
+
+
+# ----------------------------------------------------------------------------- image/mask folders
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+
+
+def scan_folder(image_dir: str | Path, mask_dir: str | Path) -> ScanResult:
+    """Pair images with masks of the same file stem (any supported format on either side)."""
+    image_dir, mask_dir = Path(image_dir), Path(mask_dir)
+    for d in (image_dir, mask_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: folder not found")
+    base = Path(os.path.commonpath([image_dir.resolve(), mask_dir.resolve()]))
+    result = ScanResult(base_dir=base, source="folder")
+    masks: dict[str, Path] = {}
+    for path in _image_files(mask_dir):
+        if stem(path) in masks:
+            result.problems.append(Problem(str(path), f"two masks for one image (also {masks[stem(path)]})"))
+        masks[stem(path)] = path
+    seen: dict[str, Path] = {}
+    for path in _image_files(image_dir):
+        key = stem(path)
+        if key in seen:
+            result.problems.append(Problem(str(path), f"two images with the stem '{key}' (also {seen[key]})"))
+            continue
+        seen[key] = path
+        if key not in masks:
+            result.problems.append(Problem(str(path), f"no mask named '{key}.*' in {mask_dir}"))
+            continue
+        result.items.append(
+            {
+                "id": key,
+                "image": path.resolve().relative_to(base).as_posix(),
+                "label": masks[key].resolve().relative_to(base).as_posix(),
+            }
+        )
+    for key, path in masks.items():
+        if key not in seen:
+            result.problems.append(
+                Problem(str(path), f"mask without an image named '{key}.*' in {image_dir}")
+            )
+    return result
+
+
+# ----------------------------------------------------------------------------- pixel verification
+
+
+def verify_item(item: dict[str, Any], base_dir: str | Path) -> Problem | None:
+    """Decode an item's image and mask; return the problem if either is unreadable or they disagree."""
+    image_path = Path(base_dir) / item["image"]
+    try:
+        image, _ = read_image(image_path)
+        height, width = image.shape
+        if "rle" in item:
+            try:
+                decode_union(item["rle"], height, width)
+            except RLEError as e:
+                return Problem(
+                    f"{SIIM_CSV} ImageId {item['id']}", f"mask does not fit the {height}x{width} image: {e}"
+                )
+        elif "label" in item:
+            mask = read_mask(Path(base_dir) / item["label"])
+            if mask.shape != image.shape:
+                return Problem(
+                    str(Path(base_dir) / item["label"]),
+                    f"mask size {mask.shape[0]}x{mask.shape[1]} does not match image {image_path.name} "
+                    f"({height}x{width})",
+                )
+    except ImageReadError as e:
+        where, _, what = str(e).partition(": ")
+        return Problem(where, what)
+    return None
+
+
+def _verify_star(args: tuple[dict[str, Any], str]) -> Problem | None:
+    return verify_item(*args)
+
+
+def verify_items(result: ScanResult, workers: int = 1) -> None:
+    """Decode every item in place of ``result``: items that fail move to ``result.problems``."""
+    jobs = [(item, str(result.base_dir)) for item in result.items]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            outcome = list(pool.map(_verify_star, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+    else:
+        outcome = [_verify_star(j) for j in jobs]
+    kept = []
+    for item, problem in zip(result.items, outcome, strict=True):
+        if problem is None:
+            kept.append(item)
+        else:
+            result.problems.append(problem)
+    result.items = kept
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def _round_count(n: int, fraction: float) -> int:
+    return int(np.floor(n * fraction + 0.5))
+
+
+def split_items(
+    items: Sequence[dict[str, Any]],
+    labelled_fraction: float,
+    seed: int,
+    fractions: Sequence[float] = DEFAULT_SPLIT,
+) -> dict[str, list[dict[str, Any]]]:
+    """Seeded train/validation/test split, then a seeded labelled subset of the training images.
+
+    Stratified by ``positive`` when items carry it. The split depends only on the item ids and
+    the seed (not on the file listing order or the labelled fraction), and labelled subsets are
+    nested: the images labelled at fraction 0.1 are among those labelled at 0.2.
+    """
+    if not 0.0 < labelled_fraction <= 1.0:
+        raise ValueError(f"labelled_fraction must be in (0, 1], got {labelled_fraction}")
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be three numbers summing to 1, got {fractions}")
+    ordered = sorted(items, key=lambda it: it["id"])
+    strata: dict[Any, list[dict[str, Any]]] = {}
+    for it in ordered:
+        strata.setdefault(it.get("positive"), []).append(it)
+    split_rng = np.random.default_rng([seed, 0])
+    label_rng = np.random.default_rng([seed, 1])
+    train, val, test, labelled_ids = [], [], [], set()
+    for key in sorted(strata, key=repr):
+        group = strata[key]
+        order = split_rng.permutation(len(group))
+        n_val, n_test = _round_count(len(group), fractions[1]), _round_count(len(group), fractions[2])
+        val += [group[i] for i in order[:n_val]]
+        test += [group[i] for i in order[n_val : n_val + n_test]]
+        group_train = [group[i] for i in order[n_val + n_test :]]
+        train += group_train
+        ranked = [group_train[i] for i in label_rng.permutation(len(group_train))]
+        labelled_ids |= {it["id"] for it in ranked[: _round_count(len(ranked), labelled_fraction)]}
+    if train and not labelled_ids:
+        labelled_ids = {sorted(train, key=lambda it: it["id"])[0]["id"]}
+    by_id = sorted(train, key=lambda it: it["id"])
+    return {
+        "training_labelled": [it for it in by_id if it["id"] in labelled_ids],
+        "training_unlabelled": [
+            {"id": it["id"], "image": it["image"]} for it in by_id if it["id"] not in labelled_ids
+        ],
+        "validation": sorted(val, key=lambda it: it["id"]),
+        "test": sorted(test, key=lambda it: it["id"]),
+    }
+
+
+# ----------------------------------------------------------------------------- whole datalists
+
+
+def scan_dataset(dataset_dir: str | Path) -> ScanResult:
+    """Scan a SIIM-ACR folder (``train-rle.csv``) or a folder with ``images/`` and ``masks/``."""
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise FileNotFoundError(
+            f"dataset_dir {dataset_dir} does not exist (run `make demo-data` or pass --dataset_dir)"
+        )
+    if (dataset_dir / SIIM_CSV).is_file():
+        return scan_siim(dataset_dir)
+    if (dataset_dir / FOLDER_IMAGE_DIR).is_dir() and (dataset_dir / FOLDER_MASK_DIR).is_dir():
+        return scan_folder(dataset_dir / FOLDER_IMAGE_DIR, dataset_dir / FOLDER_MASK_DIR)
+    raise FileNotFoundError(
+        f"{dataset_dir}: neither a SIIM-ACR folder ({SIIM_CSV} + {SIIM_IMAGE_DIR}/) "
+        f"nor an image folder ({FOLDER_IMAGE_DIR}/ + {FOLDER_MASK_DIR}/)"
+    )
+
+
+def build_datalist(
+    scan: ScanResult,
+    labelled_fraction: float,
+    seed: int,
+    skip_bad: bool = False,
+    verify: bool = True,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Verify (optionally) and split a scan into a datalist dict; raise on problems unless ``skip_bad``."""
+    if verify:
+        verify_items(scan, workers=workers)
+    if scan.problems and not skip_bad:
+        raise DataValidationError(
+            scan.problems, hint="\nFix the files, or pass --skip-bad to skip and report them."
+        )
+    for p in scan.problems:
+        logger.warning("skipped %s", p)
+    if not scan.items:
+        raise DataValidationError([Problem(str(scan.base_dir), "no usable image")])
+    splits = split_items(scan.items, labelled_fraction=labelled_fraction, seed=seed)
+    counts = {k: len(v) for k, v in splits.items()}
+    counts["positive_labelled"] = sum(bool(it.get("positive")) for it in splits["training_labelled"])
+    counts["skipped"] = len(scan.problems)
+    return {
+        "name": "SIIM-ACR pneumothorax"
+        if scan.source == "siim-acr"
+        else f"image folder {scan.base_dir.name}",
+        "source": scan.source,
+        "dataset_dir": str(scan.base_dir.resolve()),
+        "labelled_fraction": labelled_fraction,
+        "split_seed": seed,
+        "verified": verify,
+        "counts": counts,
+        "skipped": [asdict(p) for p in scan.problems],
+        **splits,
+    }
+
+
+def resolve_paths(datalist: dict[str, Any], base_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Return the four splits with ``image``/``label`` joined to ``base_dir`` (MONAI datalist style)."""
+    base = Path(base_dir)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for key in SPLIT_KEYS:
+        out[key] = [
+            {k: str(base / v) if k in ("image", "label") else v for k, v in item.items()}
+            for item in datalist[key]
+        ]
+    return out
+
+
+def load_datalist(
+    datalist_file: str | Path, dataset_dir: str | Path | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Load a datalist JSON written by ``scripts/prepare_siim.py`` with absolute paths.
+
+    Paths resolve against ``dataset_dir`` when given, else against the folder recorded in the file.
+    """
+    with open(datalist_file) as f:
+        datalist = json.load(f)
+    missing = [k for k in SPLIT_KEYS if k not in datalist]
+    if missing:
+        raise ValueError(f"{datalist_file}: not a datalist of this collection, missing keys {missing}")
+    return resolve_paths(datalist, dataset_dir or datalist["dataset_dir"])
+
+
+def load_or_build_datalist(
+    dataset_dir: str,
+    datalist_file: str = "",
+    labelled_fraction: float = 1.0,
+    split_seed: int = 0,
+    cache_dir: str | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """What a bundle calls: the given datalist file, or a split built from ``dataset_dir`` on the fly.
+
+    A split built on the fly checks the layout and the CSV but decodes no pixels (an unreadable
+    image fails later, naming its file); run ``scripts/prepare_siim.py`` for a full check.
+    The built datalist is written to ``cache_dir`` for inspection and reuse.
+    """
+    if datalist_file:
+        return load_datalist(datalist_file, dataset_dir)
+    scan = scan_dataset(dataset_dir)
+    if scan.problems:
+        raise DataValidationError(
+            scan.problems,
+            hint=(
+                f"\nRun `python scripts/prepare_siim.py --siim-dir {dataset_dir} --out datalist.json "
+                "--skip-bad` to skip and report them, then pass --datalist_file datalist.json."
+            ),
+        )
+    datalist = build_datalist(scan, labelled_fraction, split_seed, verify=False)
+    if cache_dir:
+        key = hashlib.sha256(
+            json.dumps([d for k, d in datalist.items() if k in SPLIT_KEYS]).encode()
+        ).hexdigest()
+        atomic_write_json(Path(cache_dir) / f"datalist_{key[:12]}.json", datalist)
+    return resolve_paths(datalist, scan.base_dir)

@@ -1,0 +1,119 @@
+"""Ignite handlers that write ``models/metrics.json``: best validation metrics, status, config.
+
+The file is always replaced atomically. Its ``status`` is ``running`` while training, then
+``complete`` or ``failed``, so a half-finished run never looks like a finished one; ``config``
+holds the configuration that produced the numbers (what the pipeline compares to skip reruns).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, Events
+
+from common.bundle import running_config
+from common.io import atomic_write_json
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe metric value: floats rounded, NaN (e.g. no positive image) as null."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return value
+    return None if math.isnan(value) else round(value, 6)
+
+
+def read_metrics_file(path: str | Path) -> dict[str, Any]:
+    """Load a metrics.json (an empty dict when it does not exist yet)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def update_metrics_file(path: str | Path, **sections: Any) -> dict[str, Any]:
+    """Replace the given top-level sections of a metrics.json atomically, keeping the others."""
+    doc = read_metrics_file(path)
+    doc.update(sections)
+    doc["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    atomic_write_json(path, doc)
+    return doc
+
+
+class TrainingMetricsWriter:
+    """Attach to the trainer (after its ValidationHandler): record the best validation metrics.
+
+    Args:
+        evaluator: the validation evaluator (its ``state.metrics`` and best-metric bookkeeping).
+        filepath: the metrics.json to write (next to ``model.pt``).
+        key_metric: the metric that selects the best epoch (the checkpoint's metric).
+        extra: more facts to record (data counts, seed, ...).
+    """
+
+    def __init__(
+        self, evaluator: Engine, filepath: str, key_metric: str = "dice", extra: dict | None = None
+    ) -> None:
+        self.evaluator, self.filepath, self.key_metric = evaluator, Path(filepath), key_metric
+        self.extra = extra or {}
+        self.config = running_config()
+
+    def attach(self, engine: Engine) -> None:
+        """Register on the trainer's start, epoch end, completion and failure."""
+        engine.add_event_handler(Events.STARTED, self.started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self.failed)
+
+    def _training(self, engine: Engine, status: str) -> dict[str, Any]:
+        return {
+            "status": status,
+            "epochs_trained": engine.state.epoch,
+            "max_epochs": engine.state.max_epochs,
+            "key_metric": self.key_metric,
+            **self.extra,
+        }
+
+    def started(self, engine: Engine) -> None:
+        resumed = engine.state.epoch > 0
+        sections: dict[str, Any] = {"training": self._training(engine, "running"), "config": self.config}
+        if not resumed:
+            sections["validation"] = None  # a fresh run must not show an older run's numbers
+        update_metrics_file(self.filepath, **sections)
+
+    def epoch_completed(self, engine: Engine) -> None:
+        state = self.evaluator.state
+        if getattr(state, "best_metric_epoch", -1) != engine.state.epoch or not state.metrics:
+            update_metrics_file(self.filepath, training=self._training(engine, "running"))
+            return
+        validation = {k: _clean(v) for k, v in state.metrics.items()}
+        validation.update(best_epoch=engine.state.epoch, n_images=len(state.dataloader.dataset))
+        update_metrics_file(self.filepath, training=self._training(engine, "running"), validation=validation)
+
+    def completed(self, engine: Engine) -> None:
+        update_metrics_file(self.filepath, training=self._training(engine, "complete"))
+
+    def failed(self, engine: Engine, e: Exception) -> None:
+        training = self._training(engine, "failed")
+        training["error"] = f"{type(e).__name__}: {e}"
+        update_metrics_file(self.filepath, training=training)
+        raise e
+
+
+class EvaluationMetricsWriter:
+    """Attach to an evaluator: on completion write its metrics under ``section`` (e.g. ``test``)."""
+
+    def __init__(self, filepath: str, section: str, checkpoint: str = "", extra: dict | None = None) -> None:
+        self.filepath, self.section, self.checkpoint = Path(filepath), section, checkpoint
+        self.extra = extra or {}
+
+    def attach(self, engine: Engine) -> None:
+        """Register on the evaluator's completion."""
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def completed(self, engine: Engine) -> None:
+        result = {k: _clean(v) for k, v in engine.state.metrics.items()}
+        result.update(n_images=len(engine.state.dataloader.dataset), checkpoint=self.checkpoint, **self.extra)
+        update_metrics_file(self.filepath, **{self.section: result})

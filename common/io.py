@@ -1,0 +1,38 @@
+"""Atomic file writes: write to a temporary name in the target folder, then rename.
+
+A reader (or a resumed run) therefore never sees a half-written file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=".tmp" + "".join(target.suffixes), dir=target.parent
+    )
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_json(target: str | Path, payload: Any) -> Path:
+    """Write ``payload`` as indented JSON to ``target`` atomically; return the path."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return Path(target)

@@ -1,0 +1,162 @@
+"""MONAI dictionary transforms for 2D X-ray images and masks: load, decode SIIM RLE, save masks.
+
+MONAI's LoadImaged returns PNG/JPEG arrays transposed (ITK convention) but DICOM through
+pydicom in row order, and decodes no RLE; these transforms give every format one orientation
+(rows, cols), the one the SIIM-ACR RLE masks assume.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from common.imaging import ImageReadError, image_format, read_image, read_mask, stem
+from common.io import atomic_path
+from common.rle import RLEError, decode_union
+
+
+class LoadXrayd(MapTransform):
+    """Load image paths into float32 [0,1] MetaTensors of shape (1, rows, cols).
+
+    Metadata (uniform across formats so batches collate): ``filename_or_obj``, ``format``,
+    ``source_shape`` and ``source_affine`` (the NIfTI affine, identity otherwise).
+    """
+
+    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = str(d[key])
+            image, meta = read_image(path)
+            affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
+            d[key] = MetaTensor(
+                torch.from_numpy(image[None]),
+                meta={
+                    "filename_or_obj": path,
+                    "format": meta["format"],
+                    "source_shape": torch.tensor(image.shape),
+                    "source_affine": torch.from_numpy(affine),
+                },
+            )
+        return d
+
+
+class LoadMaskd(MapTransform):
+    """Produce ``label`` (1, rows, cols) float32 {0,1} from a mask file or from SIIM ``rle`` rows.
+
+    The mask must have the reference image's size; a mismatch or a bad RLE is an error naming
+    the file or ImageId. The ``rle`` entry is removed (variable-length lists do not collate).
+    """
+
+    def __init__(self, label_key: str = "label", rle_key: str = "rle", ref_key: str = "image") -> None:
+        super().__init__([label_key], allow_missing_keys=True)
+        self.label_key, self.rle_key, self.ref_key = label_key, rle_key, ref_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        height, width = d[self.ref_key].shape[-2:]
+        if self.rle_key in d:
+            rles = d.pop(self.rle_key)
+            try:
+                mask = decode_union(list(rles), height, width)
+            except RLEError as e:
+                raise RLEError(
+                    f"ImageId {d.get('id', d[self.ref_key].meta.get('filename_or_obj'))}: {e}"
+                ) from e
+        elif isinstance(d.get(self.label_key), (str, os.PathLike)):
+            mask = read_mask(d[self.label_key])
+            if mask.shape != (height, width):
+                raise ImageReadError(
+                    f"{d[self.label_key]}: mask size {mask.shape[0]}x{mask.shape[1]} does not match "
+                    f"its image ({height}x{width})"
+                )
+        else:
+            return d
+        d[self.label_key] = MetaTensor(
+            torch.from_numpy(mask[None].astype(np.float32)), meta=dict(d[self.ref_key].meta)
+        )
+        return d
+
+
+class SaveMaskd(MapTransform):
+    """Write ``pred`` masks (rows, cols) next to nothing else: ``<output_dir>/<stem>_<postfix>.<ext>``.
+
+    NIfTI inputs get a NIfTI mask with the input's affine, every other input a PNG of the input's
+    size. Values are written as {0, ``scale``} uint8 (``scale=1`` for label maps, 255 to view).
+    Each file is written under a temporary name and renamed, so no half-written mask is left.
+    MONAI's SaveImaged is not used because it writes in place and transposes PNGs.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        output_dir: str | Path = "eval",
+        ref_key: str = "image",
+        postfix: str = "seg",
+        scale: int = 1,
+    ) -> None:
+        super().__init__(keys)
+        self.output_dir, self.ref_key, self.postfix, self.scale = Path(output_dir), ref_key, postfix, scale
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        ref = d[self.ref_key]
+        source = str(ref.meta["filename_or_obj"]) if isinstance(ref, MetaTensor) else str(ref)
+        for key in self.key_iterator(d):
+            mask = np.asarray(d[key].detach().cpu() if torch.is_tensor(d[key]) else d[key])
+            mask = (np.squeeze(mask) > 0).astype(np.uint8) * np.uint8(self.scale)
+            if mask.ndim != 2:
+                raise ValueError(f"{source}: expected a 2D mask to save, got shape {mask.shape}")
+            d[f"{key}_path"] = str(self._write(source, mask, ref))
+        return d
+
+    def _write(self, source: str, mask: np.ndarray, ref: Any) -> Path:
+        name = f"{stem(source)}_{self.postfix}"
+        if image_format(source) == "nifti":
+            import nibabel as nib
+
+            affine = np.asarray(ref.meta["source_affine"]) if isinstance(ref, MetaTensor) else np.eye(4)
+            target = self.output_dir / f"{name}.nii.gz"
+            with atomic_path(target) as tmp:
+                nib.save(nib.Nifti1Image(mask, affine), str(tmp))
+            return target
+        from PIL import Image
+
+        target = self.output_dir / f"{name}.png"
+        with atomic_path(target) as tmp:
+            Image.fromarray(mask).save(tmp, format="PNG")
+        return target
+
+
+class EmptySmallMaskd(MapTransform):
+    """Clear a predicted mask whose foreground covers less than ``min_area_fraction`` of the image.
+
+    The SIIM-ACR rule scores an empty-truth image 0 for a single false-positive pixel, so the
+    usual post-processing drops tiny predictions as a whole. MONAI's RemoveSmallObjectsd works per
+    connected component and needs scikit-image; this is the whole-mask rule, for (C, H, W) masks.
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", min_area_fraction: float = 0.0) -> None:
+        super().__init__(keys)
+        self.min_area_fraction = min_area_fraction
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.min_area_fraction <= 0:
+            return d
+        for key in self.key_iterator(d):
+            mask = d[key]
+            area = float((mask > 0).sum())
+            if area < self.min_area_fraction * mask.shape[-1] * mask.shape[-2]:
+                d[key] = mask * 0
+        return d

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny generated data, the real data folder (skipped when absent), bundle runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.demo_data import make_demo_siim
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+BASELINE = REPO / "bundles" / "baseline"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test with the reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent (it ships beside the repository, not in it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_siim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 synthetic images of 128x128 in the SIIM-ACR layout (generated, never committed)."""
+    return make_demo_siim(tmp_path_factory.mktemp("tiny_siim"), n_images=24, size=128, seed=3)
+
+
+def run_bundle(
+    configs: list[Path], *overrides: str, cwd: Path, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` as a subprocess; fail the test with its output on error."""
+    config_arg = str(configs[0]) if len(configs) == 1 else repr([str(c) for c in configs])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg, *overrides]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(
+            f"bundle run failed ({proc.returncode}): {' '.join(cmd)}\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def tiny_train_overrides(dataset_dir: Path, bundle_root: Path, epochs: int = 1) -> list[str]:
+    """CLI overrides that make a bundle train in seconds on the tiny data, outputs in ``bundle_root``."""
+    return [
+        "--bundle_root",
+        str(bundle_root),
+        "--dataset_dir",
+        str(dataset_dir),
+        "--image_size",
+        "64",
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "0",
+        "--epochs",
+        str(epochs),
+    ]
+
+
+def read_json(path: Path) -> dict:
+    """Parse a JSON file."""
+    return json.loads(Path(path).read_text())
