@@ -80,7 +80,5 @@ def latest_checkpoint(ckpt_dir: str) -> str:
     """The resumable checkpoint with the highest epoch in ``ckpt_dir`` (``checkpoint_epoch=N.pt``)."""
     found = sorted(Path(ckpt_dir).glob("checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[-1]))
     if not found:
-        raise FileNotFoundError(
-            f"resume requested but {ckpt_dir} has no checkpoint_epoch=*.pt: train without --resume"
-        )
+        raise FileNotFoundError(f"resume requested but {ckpt_dir} has no checkpoint_epoch=*.pt: train without --resume")
     return str(found[-1])

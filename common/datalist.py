@@ -182,9 +182,7 @@ def scan_folder(image_dir: str | Path, mask_dir: str | Path) -> ScanResult:
         )
     for key, path in masks.items():
         if key not in seen:
-            result.problems.append(
-                Problem(str(path), f"mask without an image named '{key}.*' in {image_dir}")
-            )
+            result.problems.append(Problem(str(path), f"mask without an image named '{key}.*' in {image_dir}"))
     return result
 
 
@@ -201,9 +199,7 @@ def verify_item(item: dict[str, Any], base_dir: str | Path) -> Problem | None:
             try:
                 decode_union(item["rle"], height, width)
             except RLEError as e:
-                return Problem(
-                    f"{SIIM_CSV} ImageId {item['id']}", f"mask does not fit the {height}x{width} image: {e}"
-                )
+                return Problem(f"{SIIM_CSV} ImageId {item['id']}", f"mask does not fit the {height}x{width} image: {e}")
         elif "label" in item:
             mask = read_mask(Path(base_dir) / item["label"])
             if mask.shape != image.shape:
@@ -284,9 +280,7 @@ def split_items(
     by_id = sorted(train, key=lambda it: it["id"])
     return {
         "training_labelled": [it for it in by_id if it["id"] in labelled_ids],
-        "training_unlabelled": [
-            {"id": it["id"], "image": it["image"]} for it in by_id if it["id"] not in labelled_ids
-        ],
+        "training_unlabelled": [{"id": it["id"], "image": it["image"]} for it in by_id if it["id"] not in labelled_ids],
         "validation": sorted(val, key=lambda it: it["id"]),
         "test": sorted(test, key=lambda it: it["id"]),
     }
@@ -324,9 +318,7 @@ def build_datalist(
     if verify:
         verify_items(scan, workers=workers)
     if scan.problems and not skip_bad:
-        raise DataValidationError(
-            scan.problems, hint="\nFix the files, or pass --skip-bad to skip and report them."
-        )
+        raise DataValidationError(scan.problems, hint="\nFix the files, or pass --skip-bad to skip and report them.")
     for p in scan.problems:
         logger.warning("skipped %s", p)
     if not scan.items:
@@ -336,9 +328,7 @@ def build_datalist(
     counts["positive_labelled"] = sum(bool(it.get("positive")) for it in splits["training_labelled"])
     counts["skipped"] = len(scan.problems)
     return {
-        "name": "SIIM-ACR pneumothorax"
-        if scan.source == "siim-acr"
-        else f"image folder {scan.base_dir.name}",
+        "name": "SIIM-ACR pneumothorax" if scan.source == "siim-acr" else f"image folder {scan.base_dir.name}",
         "source": scan.source,
         "dataset_dir": str(scan.base_dir.resolve()),
         "labelled_fraction": labelled_fraction,
@@ -356,15 +346,12 @@ def resolve_paths(datalist: dict[str, Any], base_dir: str | Path) -> dict[str, l
     out: dict[str, list[dict[str, Any]]] = {}
     for key in SPLIT_KEYS:
         out[key] = [
-            {k: str(base / v) if k in ("image", "label") else v for k, v in item.items()}
-            for item in datalist[key]
+            {k: str(base / v) if k in ("image", "label") else v for k, v in item.items()} for item in datalist[key]
         ]
     return out
 
 
-def load_datalist(
-    datalist_file: str | Path, dataset_dir: str | Path | None = None
-) -> dict[str, list[dict[str, Any]]]:
+def load_datalist(datalist_file: str | Path, dataset_dir: str | Path | None = None) -> dict[str, list[dict[str, Any]]]:
     """Load a datalist JSON written by ``scripts/prepare_siim.py`` with absolute paths.
 
     Paths resolve against ``dataset_dir`` when given, else against the folder recorded in the file.
@@ -403,8 +390,6 @@ def load_or_build_datalist(
         )
     datalist = build_datalist(scan, labelled_fraction, split_seed, verify=False)
     if cache_dir:
-        key = hashlib.sha256(
-            json.dumps([d for k, d in datalist.items() if k in SPLIT_KEYS]).encode()
-        ).hexdigest()
+        key = hashlib.sha256(json.dumps([d for k, d in datalist.items() if k in SPLIT_KEYS]).encode()).hexdigest()
         atomic_write_json(Path(cache_dir) / f"datalist_{key[:12]}.json", datalist)
     return resolve_paths(datalist, scan.base_dir)

@@ -39,9 +39,7 @@ def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx
     return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
 
 
-def synthesize_case(
-    size: int, rng: np.random.Generator, positive: bool, two_regions: bool = False
-) -> SyntheticCase:
+def synthesize_case(size: int, rng: np.random.Generator, positive: bool, two_regions: bool = False) -> SyntheticCase:
     """Draw one synthetic chest radiograph (and its pneumothorax regions when ``positive``)."""
     yy, xx = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
     j = lambda scale: rng.uniform(-scale, scale)  # noqa: E731 - small jitter helper
@@ -122,9 +120,7 @@ def make_demo_siim(out_dir: str | Path, n_images: int = 200, size: int = 512, se
     rows: list[tuple[str, str]] = []
     for i in range(n_images):
         case_rng = np.random.default_rng([seed, i])
-        case = synthesize_case(
-            size, case_rng, positive=bool(labels[i]), two_regions=bool(labels[i] and i % 5 == 0)
-        )
+        case = synthesize_case(size, case_rng, positive=bool(labels[i]), two_regions=bool(labels[i] and i % 5 == 0))
         study, series, sop = (f"{UID_ROOT}{seed}.{i}.{k}" for k in (1, 2, 3))
         _write_dicom(
             out_dir / "dicom-images-train" / study / series / f"{sop}.dcm",

@@ -53,9 +53,7 @@ class TrainingMetricsWriter:
         extra: more facts to record (data counts, seed, ...).
     """
 
-    def __init__(
-        self, evaluator: Engine, filepath: str, key_metric: str = "dice", extra: dict | None = None
-    ) -> None:
+    def __init__(self, evaluator: Engine, filepath: str, key_metric: str = "dice", extra: dict | None = None) -> None:
         self.evaluator, self.filepath, self.key_metric = evaluator, Path(filepath), key_metric
         self.extra = extra or {}
         self.config = running_config()

@@ -97,8 +97,7 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         photometric = f"{photometric}->gray"
     if frames > 1 or pixels.ndim != 2:
         raise ImageReadError(
-            f"{path}: expected one grayscale frame, got pixel array {pixels.shape} "
-            f"({photometric}, {frames} frames)"
+            f"{path}: expected one grayscale frame, got pixel array {pixels.shape} ({photometric}, {frames} frames)"
         )
     values = (
         pixels.astype(np.float64)

@@ -70,9 +70,7 @@ class LoadMaskd(MapTransform):
             try:
                 mask = decode_union(list(rles), height, width)
             except RLEError as e:
-                raise RLEError(
-                    f"ImageId {d.get('id', d[self.ref_key].meta.get('filename_or_obj'))}: {e}"
-                ) from e
+                raise RLEError(f"ImageId {d.get('id', d[self.ref_key].meta.get('filename_or_obj'))}: {e}") from e
         elif isinstance(d.get(self.label_key), (str, os.PathLike)):
             mask = read_mask(d[self.label_key])
             if mask.shape != (height, width):
@@ -82,9 +80,7 @@ class LoadMaskd(MapTransform):
                 )
         else:
             return d
-        d[self.label_key] = MetaTensor(
-            torch.from_numpy(mask[None].astype(np.float32)), meta=dict(d[self.ref_key].meta)
-        )
+        d[self.label_key] = MetaTensor(torch.from_numpy(mask[None].astype(np.float32)), meta=dict(d[self.ref_key].meta))
         return d
 
 

@@ -17,9 +17,7 @@ from common.demo_data import make_demo_siim
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and write the dataset."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_data/siim", help="output folder (SIIM-ACR layout)")
     parser.add_argument("--n-images", type=int, default=200)
     parser.add_argument("--size", type=int, default=512, help="image rows = columns (SIIM-ACR uses 1024)")

@@ -28,29 +28,19 @@ from common.io import atomic_write_json
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, scan, verify, split and write the datalist; return the exit code."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--siim-dir", type=Path, help="SIIM-ACR folder with train-rle.csv and dicom-images-train/"
-    )
+    source.add_argument("--siim-dir", type=Path, help="SIIM-ACR folder with train-rle.csv and dicom-images-train/")
     source.add_argument("--image-dir", type=Path, help="folder of images (use with --mask-dir)")
     parser.add_argument("--mask-dir", type=Path, help="folder of masks named like their images")
     parser.add_argument("--out", type=Path, required=True, help="datalist JSON to write")
-    parser.add_argument(
-        "--labelled-fraction", type=float, default=1.0, help="share of training images kept labelled"
-    )
+    parser.add_argument("--labelled-fraction", type=float, default=1.0, help="share of training images kept labelled")
     parser.add_argument("--seed", type=int, default=0, help="split seed: same seed, same split")
-    parser.add_argument(
-        "--skip-bad", action="store_true", help="skip bad items and report them instead of failing"
-    )
+    parser.add_argument("--skip-bad", action="store_true", help="skip bad items and report them instead of failing")
     parser.add_argument(
         "--no-verify", action="store_true", help="do not decode the pixels (layout and CSV checks only)"
     )
-    parser.add_argument(
-        "--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes for decoding"
-    )
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes for decoding")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.image_dir and not args.mask_dir:

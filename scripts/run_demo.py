@@ -54,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbaseline on {args.dataset_dir} ({time.time() - start:.0f} s)")
     for section in ("validation", "test"):
         m = metrics.get(section) or {}
-        print(
-            f"  {section:<10} dice={m.get('dice')} dice_positive={m.get('dice_positive')} iou={m.get('iou')}"
-        )
+        print(f"  {section:<10} dice={m.get('dice')} dice_positive={m.get('dice_positive')} iou={m.get('iou')}")
     print(f"  weights: {BUNDLE / 'models' / 'model.pt'}\n  metrics: {BUNDLE / 'models' / 'metrics.json'}")
     print(f"  masks:   {out}")
     return 0

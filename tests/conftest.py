@@ -31,9 +31,7 @@ def tiny_siim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_demo_siim(tmp_path_factory.mktemp("tiny_siim"), n_images=24, size=128, seed=3)
 
 
-def run_bundle(
-    configs: list[Path], *overrides: str, cwd: Path, timeout: int = 600
-) -> subprocess.CompletedProcess:
+def run_bundle(configs: list[Path], *overrides: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m monai.bundle run`` as a subprocess; fail the test with its output on error."""
     config_arg = str(configs[0]) if len(configs) == 1 else repr([str(c) for c in configs])
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg, *overrides]
@@ -41,8 +39,7 @@ def run_bundle(
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         pytest.fail(
-            f"bundle run failed ({proc.returncode}): {' '.join(cmd)}\n"
-            f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+            f"bundle run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -33,9 +35,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_siim: Path) -> Path:
     """The bundle copied to a temp folder and trained one epoch from an unrelated working directory."""
     bundle = _copy_bundle(tmp_path_factory.mktemp("bundle") / "baseline")
     elsewhere = tmp_path_factory.mktemp("elsewhere")
-    overrides = [
-        o for o in tiny_train_overrides(tiny_siim, bundle) if o not in ("--bundle_root", str(bundle))
-    ]
+    overrides = [o for o in tiny_train_overrides(tiny_siim, bundle) if o not in ("--bundle_root", str(bundle))]
     run_bundle([bundle / "configs" / "train.json"], *overrides, cwd=elsewhere)
     assert list(elsewhere.iterdir()) == []  # nothing lands in the current directory
     return bundle
@@ -72,9 +72,7 @@ def test_bundle_root_defaults_to_the_bundle_folder(tiny_siim: Path) -> None:
 
 def test_metadata_verifies_against_the_kept_schema() -> None:
     digest = hashlib.sha256(SCHEMA.read_bytes()).hexdigest()
-    verify_metadata(
-        meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA), hash_val=digest, hash_type="sha256"
-    )
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA), hash_val=digest, hash_type="sha256")
     meta = read_json(CONFIGS / "metadata.json")
     assert meta["version"] in meta["changelog"]
     assert list(meta["network_data_format"]["inputs"]) == ["image"]
@@ -169,9 +167,7 @@ def test_inference_writes_masks_in_input_geometry(trained: Path, tiny_siim: Path
     dcm = sorted(tiny_siim.rglob("*.dcm"))[0]
     shutil.copy(dcm, inputs / "chest.dcm")
     pixels = pydicom.dcmread(dcm).pixel_array
-    Image.fromarray(np.asarray(Image.fromarray(pixels).resize((90, 70)))).convert("RGB").save(
-        inputs / "photo.png"
-    )
+    Image.fromarray(np.asarray(Image.fromarray(pixels).resize((90, 70)))).convert("RGB").save(inputs / "photo.png")
     nib.save(
         nib.Nifti1Image(pixels[:100, :80].astype(np.float32), np.diag([0.2, 0.3, 1, 1])),
         inputs / "vol.nii.gz",
@@ -225,3 +221,41 @@ def test_real_cxr_lungs_short_training(tmp_path: Path) -> None:
     metrics = read_json(bundle / "models" / "metrics.json")
     assert metrics["training"]["counts"]["training_labelled"] == 14
     assert metrics["validation"]["n_images"] == 15 and metrics["validation"]["dice"] is not None
+
+
+@pytest.mark.slow
+def test_multi_gpu_config_trains_with_gloo_on_two_processes(tiny_siim: Path, tmp_path: Path) -> None:
+    bundle = _copy_bundle(tmp_path / "b")
+    configs = repr([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "multi_gpu_train.json")])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        configs,
+        *[o for o in tiny_train_overrides(tiny_siim, bundle) if o not in ("--bundle_root", str(bundle))],
+    ]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in (bundle / "models").iterdir()) == [
+        "checkpoint_epoch=1.pt",
+        "metrics.json",
+        "model.pt",
+    ]
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # loadable by the single-process inference.json
+    assert read_json(bundle / "models" / "metrics.json")["training"]["status"] == "complete"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -33,9 +33,7 @@ def test_demo_split_sizes_and_labelled_fraction(tmp_path: Path, tiny_siim: Path)
     assert all("rle" in it for it in d["training_labelled"] + d["validation"] + d["test"])
     assert all(set(it) == {"id", "image"} for it in d["training_unlabelled"])  # no label leaks
     assert any(it["positive"] for it in d["validation"]) and any(it["positive"] for it in d["test"])
-    ids = [
-        it["id"] for k in ("training_labelled", "training_unlabelled", "validation", "test") for it in d[k]
-    ]
+    ids = [it["id"] for k in ("training_labelled", "training_unlabelled", "validation", "test") for it in d[k]]
     assert len(ids) == len(set(ids)) == 24
 
 
@@ -121,9 +119,7 @@ BREAKERS = [
 
 
 @pytest.mark.parametrize("breaker", BREAKERS, ids=lambda f: f.__name__.removeprefix("_break_"))
-def test_bad_siim_input_is_named_then_skipped_and_reported(
-    tmp_path: Path, tiny_siim: Path, breaker, capsys
-) -> None:
+def test_bad_siim_input_is_named_then_skipped_and_reported(tmp_path: Path, tiny_siim: Path, breaker, capsys) -> None:
     siim = _copy(tiny_siim, tmp_path)
     expected = breaker(siim)
     code, out = _prepare(tmp_path, "--siim-dir", str(siim))
@@ -157,9 +153,7 @@ def _write_folder(root: Path, n: int, mismatch: str | None = None) -> tuple[Path
 
 def test_folder_dataset_any_size_rgb(tmp_path: Path) -> None:
     images, masks = _write_folder(tmp_path, 20)
-    code, out = _prepare(
-        tmp_path, "--image-dir", str(images), "--mask-dir", str(masks), "--labelled-fraction", "0.5"
-    )
+    code, out = _prepare(tmp_path, "--image-dir", str(images), "--mask-dir", str(masks), "--labelled-fraction", "0.5")
     assert code == 0
     d = read_json(out)
     assert d["source"] == "folder" and d["counts"]["validation"] == 3 and d["counts"]["test"] == 3

@@ -17,9 +17,7 @@ from tests.conftest import shared_path
 @pytest.mark.realdata
 def test_real_siim_dicom_jpeg_baseline_8bit() -> None:
     path = next(shared_path("siim_sample", "dicom-images-train").rglob("*.dcm"))
-    assert (
-        pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
-    )
+    assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
     image, meta = read_image(path)
     assert image.shape == (1024, 1024) and image.dtype == np.float32
     assert meta["bits_stored"] == 8 and meta["photometric"] == "MONOCHROME2"
@@ -29,9 +27,7 @@ def test_real_siim_dicom_jpeg_baseline_8bit() -> None:
 def _lungs_darker_than_mediastinum(image: np.ndarray) -> bool:
     h, w = image.shape
     rows = slice(int(0.3 * h), int(0.6 * h))
-    lungs = (
-        image[rows, int(0.2 * w) : int(0.35 * w)].mean() + image[rows, int(0.65 * w) : int(0.8 * w)].mean()
-    ) / 2
+    lungs = (image[rows, int(0.2 * w) : int(0.35 * w)].mean() + image[rows, int(0.65 * w) : int(0.8 * w)].mean()) / 2
     mediastinum = image[rows, int(0.45 * w) : int(0.55 * w)].mean()
     return bool(lungs < mediastinum - 0.1)
 

@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Training throughput of the baseline bundle's trainer against a minimal hand-written PyTorch loop.
+
+Both run side by side in one process on the same machine, with the same network, loss,
+optimiser, batch size and resolution. The bundle runs its real config (PersistentDataset,
+augmentations, DataLoader workers, SupervisedTrainer and handlers); epoch 1 fills the cache
+and epoch 2 is measured. The hand loop trains on the same images already stacked in memory, so
+it is the compute ceiling. Printed: images/s of each, their ratio (target >= 0.9), and the share
+of the bundle's epoch-2 time spent waiting for a batch (target <= 10%), with the CPU load from
+other processes measured over each run (figures taken while the machine was busy are flagged).
+
+    python scripts/benchmark.py --image-size 256 --batch-size 8 --workers 0 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from common.demo_data import make_demo_siim  # noqa: E402
+
+TRAIN_CONFIG = REPO / "bundles" / "baseline" / "configs" / "train.json"
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def _own_jiffies() -> int:
+    """CPU jiffies used by this process and its finished or running children (the loader workers)."""
+    t = os.times()
+    return int((t.user + t.system + t.children_user + t.children_system) * os.sysconf("SC_CLK_TCK"))
+
+
+@dataclass
+class LoadMeter:
+    """Busy cores used by other processes over an interval (0 = the machine was ours)."""
+
+    busy: int = 0
+    total: int = 0
+    own: int = 0
+
+    def start(self) -> LoadMeter:
+        self.busy, self.total = _cpu_jiffies()
+        self.own = _own_jiffies()
+        return self
+
+    def other_cores(self, worker_jiffies: int = 0) -> float:
+        busy, total = _cpu_jiffies()
+        own = _own_jiffies() - self.own + worker_jiffies
+        interval = max(total - self.total, 1) / (os.cpu_count() or 1)
+        return max(0.0, (busy - self.busy - own) / interval)
+
+
+def _worker_jiffies() -> int:
+    """CPU jiffies of live child processes (DataLoader workers are not reaped until the loader ends)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():  # ppid
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def bench_bundle(dataset_dir: Path, image_size: int, batch_size: int, workers: int) -> dict[str, float]:
+    """Run the bundle's trainer for two epochs; measure epoch 2 (cache warm)."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    with tempfile.TemporaryDirectory() as root:
+        workflow = ConfigWorkflow(
+            config_file=str(TRAIN_CONFIG),
+            workflow_type="train",
+            bundle_root=root,
+            dataset_dir=str(dataset_dir),
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=workers,
+            epochs=2,
+            val_interval=10_000,
+        )
+        workflow.initialize()
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        timing = {"wait": 0.0, "t0": 0.0, "epoch": 0.0, "batch_start": 0.0}
+        meter = LoadMeter()
+
+        def epoch_started(engine) -> None:
+            timing["wait"] = 0.0
+            timing["t0"] = time.perf_counter()
+            meter.start()
+            timing["w0"] = _worker_jiffies()
+
+        def batch_started(engine) -> None:
+            timing["batch_start"] = time.perf_counter()
+
+        def batch_completed(engine) -> None:
+            timing["wait"] += time.perf_counter() - timing["batch_start"]
+
+        def epoch_completed(engine) -> None:
+            timing["epoch"] = time.perf_counter() - timing["t0"]
+            timing["other"] = meter.other_cores(_worker_jiffies() - timing["w0"])
+
+        trainer.add_event_handler(Events.EPOCH_STARTED, epoch_started)
+        trainer.add_event_handler(Events.GET_BATCH_STARTED, batch_started)
+        trainer.add_event_handler(Events.GET_BATCH_COMPLETED, batch_completed)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, epoch_completed)
+        trainer.run()
+        n_images = len(trainer.data_loader.dataset)
+        return {
+            "images_per_s": n_images / timing["epoch"],
+            "wait_share": timing["wait"] / timing["epoch"],
+            "n_images": n_images,
+            "other_cores": timing["other"],
+            "iterations": len(trainer.data_loader),
+        }
+
+
+def bench_hand_loop(dataset_dir: Path, image_size: int, batch_size: int, iterations: int) -> dict[str, float]:
+    """The same network, loss and optimiser in a bare loop over in-memory batches (compute ceiling)."""
+    from monai.bundle import ConfigWorkflow
+
+    with tempfile.TemporaryDirectory() as root:
+        workflow = ConfigWorkflow(
+            config_file=str(TRAIN_CONFIG),
+            workflow_type="train",
+            bundle_root=root,
+            dataset_dir=str(dataset_dir),
+            image_size=image_size,
+        )
+        workflow.initialize()
+        parser = workflow.parser
+        network = parser.get_parsed_content("network_def", lazy=False)
+        loss_fn = parser.get_parsed_content("loss", lazy=False)
+        lr = parser.get_parsed_content("learning_rate")
+        dataset = parser.get_parsed_content("validate#dataset")  # deterministic transforms, cached
+        samples = [dataset[i % len(dataset)] for i in range(batch_size * 4)]
+    images = torch.stack([torch.as_tensor(s["image"]) for s in samples])
+    labels = torch.stack([torch.as_tensor(s["label"]) for s in samples])
+    optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
+    network.train()
+
+    def step(i: int) -> None:
+        k = (i * batch_size) % (len(samples) - batch_size + 1)
+        x, y = images[k : k + batch_size], labels[k : k + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(network(x), y)
+        loss.backward()
+        optimizer.step()
+
+    for i in range(3):  # warm-up
+        step(i)
+    meter = LoadMeter().start()
+    t0 = time.perf_counter()
+    for i in range(iterations):
+        step(i)
+    elapsed = time.perf_counter() - t0
+    return {"images_per_s": iterations * batch_size / elapsed, "other_cores": meter.other_cores()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both measurements for each worker count and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset-dir", type=Path, default=REPO / "demo_data" / "siim")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2], help="DataLoader worker counts to measure")
+    args = parser.parse_args(argv)
+    if not (args.dataset_dir / "train-rle.csv").is_file():
+        print(f"{args.dataset_dir} missing: generating the demo data there")
+        make_demo_siim(args.dataset_dir)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    print(f"baseline trainer, {args.image_size}x{args.image_size}, batch {args.batch_size}, data {args.dataset_dir}")
+    header = f"{'workers':>7} {'bundle img/s':>12} {'hand img/s':>10} {'ratio':>6} {'data wait':>9} {'other load':>10}"
+    print(header)
+    for workers in args.workers:
+        bundle = bench_bundle(args.dataset_dir, args.image_size, args.batch_size, workers)
+        hand = bench_hand_loop(args.dataset_dir, args.image_size, args.batch_size, int(bundle["iterations"]))
+        other = max(bundle["other_cores"], hand["other_cores"])
+        flag = "  (busy machine: repeat)" if other > 0.2 else ""
+        print(
+            f"{workers:>7} {bundle['images_per_s']:>12.1f} {hand['images_per_s']:>10.1f} "
+            f"{bundle['images_per_s'] / hand['images_per_s']:>6.2f} {bundle['wait_share']:>9.1%} "
+            f"{other:>9.2f}c{flag}"
+        )
+    print("targets: ratio >= 0.9, data wait <= 10% (epoch 2, cache warm); 'other load' = cores used by other processes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
