@@ -5,17 +5,19 @@ Both run side by side in one process on the same machine, with the same network,
 optimiser, batch size and resolution. The bundle runs its real config (PersistentDataset,
 augmentations, DataLoader workers, SupervisedTrainer and handlers); epoch 1 fills the cache
 and epoch 2 is measured. The hand loop trains on the same images already stacked in memory, so
-it is the compute ceiling. Printed: images/s of each, their ratio (target >= 0.9), and the share
+it is the compute ceiling; it runs after every measured bundle epoch for as many steps, and
+medians are compared. Printed: images/s of each, their ratio (target >= 0.9), and the share
 of the bundle's epoch-2 time spent waiting for a batch (target <= 10%), with the CPU load from
 other processes measured over each run (figures taken while the machine was busy are flagged).
 
-    python scripts/benchmark.py --image-size 256 --batch-size 8 --workers 0 2
+    python scripts/benchmark.py --image-size 256 --batch-size 8 --workers 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -82,8 +84,45 @@ def _worker_jiffies() -> int:
     return total
 
 
-def bench_bundle(dataset_dir: Path, image_size: int, batch_size: int, workers: int) -> dict[str, float]:
-    """Run the bundle's trainer for two epochs; measure epoch 2 (cache warm)."""
+class HandLoop:
+    """The same network, loss and optimiser in a bare loop over in-memory batches (compute ceiling)."""
+
+    def __init__(self, parser, batch_size: int) -> None:
+        self.network = parser.get_parsed_content("network_def", lazy=False).to(parser.get_parsed_content("device"))
+        self.loss_fn = parser.get_parsed_content("loss", lazy=False)
+        self.optimizer = torch.optim.AdamW(
+            self.network.parameters(),
+            lr=parser.get_parsed_content("learning_rate"),
+            weight_decay=parser.get_parsed_content("weight_decay"),
+        )
+        dataset = parser.get_parsed_content("validate#dataset")  # deterministic transforms, cached
+        samples = [dataset[i % len(dataset)] for i in range(batch_size * 4)]
+        self.images = torch.stack([torch.as_tensor(s["image"]) for s in samples])
+        self.labels = torch.stack([torch.as_tensor(s["label"]) for s in samples])
+        self.batch_size = batch_size
+        self.network.train()
+
+    def step(self, i: int) -> None:
+        k = (i * self.batch_size) % (len(self.images) - self.batch_size + 1)
+        x, y = self.images[k : k + self.batch_size], self.labels[k : k + self.batch_size]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.network(x), y)
+        loss.backward()
+        self.optimizer.step()
+
+    def timed(self, iterations: int) -> float:
+        t0 = time.perf_counter()
+        for i in range(iterations):
+            self.step(i)
+        return time.perf_counter() - t0
+
+
+def bench(dataset_dir: Path, image_size: int, batch_size: int, workers: int, repeats: int) -> dict[str, float]:
+    """Bundle trainer epochs interleaved with hand-loop runs of the same length; medians over ``repeats``.
+
+    Epoch 1 fills the cache and is not counted. After every bundle epoch the hand loop runs as many
+    steps as the epoch had, so both see the same machine state.
+    """
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
@@ -96,29 +135,37 @@ def bench_bundle(dataset_dir: Path, image_size: int, batch_size: int, workers: i
             image_size=image_size,
             batch_size=batch_size,
             num_workers=workers,
-            epochs=2,
+            epochs=repeats + 1,
             val_interval=10_000,
         )
         workflow.initialize()
         trainer = workflow.parser.get_parsed_content("train#trainer")
-        timing = {"wait": 0.0, "t0": 0.0, "epoch": 0.0, "batch_start": 0.0}
+        hand = HandLoop(workflow.parser, batch_size)
+        hand.timed(3)  # warm-up
+        epochs, waits, hands, others = [], [], [], []
+        state = {"wait": 0.0, "t0": 0.0, "batch": 0.0}
         meter = LoadMeter()
 
         def epoch_started(engine) -> None:
-            timing["wait"] = 0.0
-            timing["t0"] = time.perf_counter()
+            state.update(wait=0.0, t0=time.perf_counter(), w0=_worker_jiffies())
             meter.start()
-            timing["w0"] = _worker_jiffies()
 
         def batch_started(engine) -> None:
-            timing["batch_start"] = time.perf_counter()
+            state["batch"] = time.perf_counter()
 
         def batch_completed(engine) -> None:
-            timing["wait"] += time.perf_counter() - timing["batch_start"]
+            state["wait"] += time.perf_counter() - state["batch"]
 
         def epoch_completed(engine) -> None:
-            timing["epoch"] = time.perf_counter() - timing["t0"]
-            timing["other"] = meter.other_cores(_worker_jiffies() - timing["w0"])
+            elapsed = time.perf_counter() - state["t0"]
+            others.append(meter.other_cores(_worker_jiffies() - state["w0"]))
+            if engine.state.epoch == 1:
+                return
+            epochs.append(elapsed)
+            waits.append(state["wait"] / elapsed)
+            hand_meter = LoadMeter().start()
+            hands.append(hand.timed(engine.state.epoch_length))
+            others.append(hand_meter.other_cores())
 
         trainer.add_event_handler(Events.EPOCH_STARTED, epoch_started)
         trainer.add_event_handler(Events.GET_BATCH_STARTED, batch_started)
@@ -126,55 +173,13 @@ def bench_bundle(dataset_dir: Path, image_size: int, batch_size: int, workers: i
         trainer.add_event_handler(Events.EPOCH_COMPLETED, epoch_completed)
         trainer.run()
         n_images = len(trainer.data_loader.dataset)
-        return {
-            "images_per_s": n_images / timing["epoch"],
-            "wait_share": timing["wait"] / timing["epoch"],
-            "n_images": n_images,
-            "other_cores": timing["other"],
-            "iterations": len(trainer.data_loader),
-        }
-
-
-def bench_hand_loop(dataset_dir: Path, image_size: int, batch_size: int, iterations: int) -> dict[str, float]:
-    """The same network, loss and optimiser in a bare loop over in-memory batches (compute ceiling)."""
-    from monai.bundle import ConfigWorkflow
-
-    with tempfile.TemporaryDirectory() as root:
-        workflow = ConfigWorkflow(
-            config_file=str(TRAIN_CONFIG),
-            workflow_type="train",
-            bundle_root=root,
-            dataset_dir=str(dataset_dir),
-            image_size=image_size,
-        )
-        workflow.initialize()
-        parser = workflow.parser
-        network = parser.get_parsed_content("network_def", lazy=False)
-        loss_fn = parser.get_parsed_content("loss", lazy=False)
-        lr = parser.get_parsed_content("learning_rate")
-        dataset = parser.get_parsed_content("validate#dataset")  # deterministic transforms, cached
-        samples = [dataset[i % len(dataset)] for i in range(batch_size * 4)]
-    images = torch.stack([torch.as_tensor(s["image"]) for s in samples])
-    labels = torch.stack([torch.as_tensor(s["label"]) for s in samples])
-    optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
-    network.train()
-
-    def step(i: int) -> None:
-        k = (i * batch_size) % (len(samples) - batch_size + 1)
-        x, y = images[k : k + batch_size], labels[k : k + batch_size]
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(network(x), y)
-        loss.backward()
-        optimizer.step()
-
-    for i in range(3):  # warm-up
-        step(i)
-    meter = LoadMeter().start()
-    t0 = time.perf_counter()
-    for i in range(iterations):
-        step(i)
-    elapsed = time.perf_counter() - t0
-    return {"images_per_s": iterations * batch_size / elapsed, "other_cores": meter.other_cores()}
+        steps = len(trainer.data_loader)
+    return {
+        "bundle": n_images / statistics.median(epochs),
+        "hand": steps * batch_size / statistics.median(hands),
+        "wait_share": statistics.median(waits),
+        "other_cores": max(others[1:]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset-dir", type=Path, default=REPO / "demo_data" / "siim")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--workers", type=int, nargs="+", default=[2], help="DataLoader worker counts to measure")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts to measure")
+    parser.add_argument("--repeats", type=int, default=4, help="measured epochs (after one warm-up epoch)")
     args = parser.parse_args(argv)
     if not (args.dataset_dir / "train-rle.csv").is_file():
         print(f"{args.dataset_dir} missing: generating the demo data there")
@@ -193,14 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'workers':>7} {'bundle img/s':>12} {'hand img/s':>10} {'ratio':>6} {'data wait':>9} {'other load':>10}"
     print(header)
     for workers in args.workers:
-        bundle = bench_bundle(args.dataset_dir, args.image_size, args.batch_size, workers)
-        hand = bench_hand_loop(args.dataset_dir, args.image_size, args.batch_size, int(bundle["iterations"]))
-        other = max(bundle["other_cores"], hand["other_cores"])
-        flag = "  (busy machine: repeat)" if other > 0.2 else ""
+        r = bench(args.dataset_dir, args.image_size, args.batch_size, workers, args.repeats)
+        flag = "  (busy machine: repeat)" if r["other_cores"] > 0.2 else ""
         print(
-            f"{workers:>7} {bundle['images_per_s']:>12.1f} {hand['images_per_s']:>10.1f} "
-            f"{bundle['images_per_s'] / hand['images_per_s']:>6.2f} {bundle['wait_share']:>9.1%} "
-            f"{other:>9.2f}c{flag}"
+            f"{workers:>7} {r['bundle']:>12.1f} {r['hand']:>10.1f} {r['bundle'] / r['hand']:>6.2f} "
+            f"{r['wait_share']:>9.1%} {r['other_cores']:>9.2f}c{flag}"
         )
     print("targets: ratio >= 0.9, data wait <= 10% (epoch 2, cache warm); 'other load' = cores used by other processes")
     return 0

@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from common.datalist import load_or_build_datalist  # noqa: E402
+
 BUNDLE = REPO / "bundles" / "baseline"
 
 
@@ -51,10 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         str(args.image_size),
     )
     metrics = json.loads((BUNDLE / "models" / "metrics.json").read_text())
+    test = load_or_build_datalist(args.dataset_dir)["test"]
+    empty_score = sum(not item["rle"] for item in test) / len(test)
     print(f"\nbaseline on {args.dataset_dir} ({time.time() - start:.0f} s)")
     for section in ("validation", "test"):
         m = metrics.get(section) or {}
         print(f"  {section:<10} dice={m.get('dice')} dice_positive={m.get('dice_positive')} iou={m.get('iou')}")
+    print(f"  (predicting an empty mask everywhere would score test dice={empty_score:.3f})")
     print(f"  weights: {BUNDLE / 'models' / 'model.pt'}\n  metrics: {BUNDLE / 'models' / 'metrics.json'}")
     print(f"  masks:   {out}")
     return 0
