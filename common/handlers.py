@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
 
 from common.bundle import running_config
 from common.io import atomic_write_json
@@ -26,6 +27,13 @@ def _clean(value: Any) -> Any:
     except (TypeError, ValueError):
         return value
     return None if math.isnan(value) else round(value, 6)
+
+
+def _n_images(engine: Engine) -> int | None:
+    """Images the engine's data loader covers (the whole dataset, also when a sampler shards it)."""
+    loader = engine.state.dataloader
+    source = getattr(loader, "dataset", loader)
+    return len(source) if hasattr(source, "__len__") else None
 
 
 def read_metrics_file(path: str | Path) -> dict[str, Any]:
@@ -50,17 +58,32 @@ class TrainingMetricsWriter:
         evaluator: the validation evaluator (its ``state.metrics`` and best-metric bookkeeping).
         filepath: the metrics.json to write (next to ``model.pt``).
         key_metric: the metric that selects the best epoch (the checkpoint's metric).
+        best_saver: the evaluator's key-metric CheckpointSaver; on resume it is told the best score so
+            far, so a worse first epoch after resuming cannot overwrite ``model.pt``.
         extra: more facts to record (data counts, seed, ...).
     """
 
-    def __init__(self, evaluator: Engine, filepath: str, key_metric: str = "dice", extra: dict | None = None) -> None:
+    def __init__(
+        self,
+        evaluator: Engine,
+        filepath: str,
+        key_metric: str = "dice",
+        best_saver: Any = None,
+        extra: dict | None = None,
+    ) -> None:
         self.evaluator, self.filepath, self.key_metric = evaluator, Path(filepath), key_metric
+        if best_saver is not None and not isinstance(best_saver, CheckpointSaver):
+            raise TypeError(f"best_saver must be the evaluator's key-metric CheckpointSaver, got {type(best_saver)}")
+        self.best_saver = best_saver
         self.extra = extra or {}
         self.config = running_config()
 
     def attach(self, engine: Engine) -> None:
-        """Register on the trainer's start, epoch end, completion and failure."""
-        engine.add_event_handler(Events.STARTED, self.started)
+        """Register on the trainer's first epoch, epoch ends, completion and failure."""
+        # the first EPOCH_STARTED comes after every STARTED handler, so after a CheckpointLoader
+        # (attached later) has restored the epoch count: that is where "fresh" and "resumed" differ
+        self._first_epoch = True
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.failed)
@@ -74,12 +97,27 @@ class TrainingMetricsWriter:
             **self.extra,
         }
 
-    def started(self, engine: Engine) -> None:
-        resumed = engine.state.epoch > 0
+    def epoch_started(self, engine: Engine) -> None:
+        if not self._first_epoch:
+            return
+        self._first_epoch = False
+        resumed = engine.state.epoch > 1
         sections: dict[str, Any] = {"training": self._training(engine, "running"), "config": self.config}
-        if not resumed:
+        if resumed:
+            self._restore_best(read_metrics_file(self.filepath).get("validation") or {})
+        else:
             sections["validation"] = None  # a fresh run must not show an older run's numbers
         update_metrics_file(self.filepath, **sections)
+
+    def _restore_best(self, validation: dict[str, Any]) -> None:
+        """Carry the best validation score of the interrupted run into the evaluator and its saver."""
+        best = validation.get(self.key_metric)
+        if best is None:
+            return
+        self.evaluator.state.best_metric = best
+        self.evaluator.state.best_metric_epoch = validation.get("best_epoch", 0)
+        if self.best_saver is not None:
+            self.best_saver.load_state_dict({"_saved": [(best, "model.pt")]})
 
     def epoch_completed(self, engine: Engine) -> None:
         state = self.evaluator.state
@@ -87,7 +125,7 @@ class TrainingMetricsWriter:
             update_metrics_file(self.filepath, training=self._training(engine, "running"))
             return
         validation = {k: _clean(v) for k, v in state.metrics.items()}
-        validation.update(best_epoch=engine.state.epoch, n_images=len(state.dataloader.dataset))
+        validation.update(best_epoch=engine.state.epoch, n_images=_n_images(self.evaluator))
         update_metrics_file(self.filepath, training=self._training(engine, "running"), validation=validation)
 
     def completed(self, engine: Engine) -> None:
@@ -113,5 +151,5 @@ class EvaluationMetricsWriter:
 
     def completed(self, engine: Engine) -> None:
         result = {k: _clean(v) for k, v in engine.state.metrics.items()}
-        result.update(n_images=len(engine.state.dataloader.dataset), checkpoint=self.checkpoint, **self.extra)
+        result.update(n_images=_n_images(engine), checkpoint=self.checkpoint, **self.extra)
         update_metrics_file(self.filepath, **{self.section: result})

@@ -139,6 +139,8 @@ def test_resume_continues_the_epoch_count(trained: Path, tiny_siim: Path, tmp_pa
     assert "epoch 1 until 2 epochs" in proc.stdout + proc.stderr  # started at epoch 1, not 0
     metrics = read_json(bundle / "models" / "metrics.json")
     assert metrics["training"]["epochs_trained"] == 2 and metrics["training"]["status"] == "complete"
+    before = read_json(trained / "models" / "metrics.json")["validation"]
+    assert metrics["validation"]["dice"] >= before["dice"]  # the best so far survives the resume
     assert (bundle / "models" / "checkpoint_epoch=2.pt").is_file()
 
 
