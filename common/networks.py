@@ -1,0 +1,100 @@
+"""The multi-task wrapper around MONAI's UNet and the pre-training hand-off.
+
+MONAI's 2D ``UNet`` is ``Sequential(down_0, SkipConnection(...), up_0)``: the nested
+``SkipConnection`` holds every deeper level, so ``model[1](model[0](x))`` is exactly the decoder
+feature map that the last block ``up_0`` (the segmentation head) turns into logits, and walking the
+nested connections down to the innermost one gives the encoder bottleneck. Heads attach to those
+two feature maps; the U-Net is referenced, never copied, and saving ``seg_net`` gives the plain
+segmentation network's weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from monai.networks.layers import SkipConnection
+from monai.networks.nets import UNet
+from torch import nn
+
+from common.ssl.registry import SSLTask
+
+
+def seg_head_prefix(unet: UNet) -> str:
+    """State-dict prefix of the segmentation head (the U-Net's last top-level block)."""
+    return f"model.{len(unet.model) - 1}."
+
+
+class MultiTaskUNet(nn.Module):
+    """A segmentation U-Net plus training-only heads of auxiliary tasks.
+
+    ``forward(x)`` is the plain segmentation network; ``forward(x, task=name)`` runs the part of the
+    U-Net that task needs (the encoder only for bottleneck tasks) and its head. Going through
+    ``forward`` keeps DistributedDataParallel's gradient hooks in play for every task.
+    """
+
+    def __init__(self, seg_net: UNet, tasks: Mapping[str, SSLTask]) -> None:
+        super().__init__()
+        if not isinstance(seg_net, UNet):
+            raise TypeError(f"MultiTaskUNet wraps monai.networks.nets.UNet, got {type(seg_net).__name__}")
+        self.seg_net = seg_net
+        self.tasks = dict(tasks)
+        channels = self._feature_channels()
+        self.heads = nn.ModuleDict({name: task.build_head(channels[task.feature]) for name, task in self.tasks.items()})
+
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder path only: the deepest feature map of the U-Net."""
+        x = self.seg_net.model[0](x)
+        node = self.seg_net.model[1]
+        while isinstance(node, SkipConnection):
+            inner = node.submodule
+            if isinstance(inner, nn.Sequential) and len(inner) == 3 and isinstance(inner[1], SkipConnection):
+                x = inner[0](x)  # the down block of this level
+                node = inner[1]
+            else:
+                return inner(x)  # the bottom block
+        raise RuntimeError("unexpected UNet structure: no bottom block found")
+
+    def decoder_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything but the segmentation head: the input of the U-Net's last block."""
+        return self.seg_net.model[1](self.seg_net.model[0](x))
+
+    def forward(self, x: torch.Tensor, task: str | None = None) -> torch.Tensor:
+        if task is None:
+            return self.seg_net(x)
+        features = self.bottleneck(x) if self.tasks[task].feature == "bottleneck" else self.decoder_features(x)
+        return self.heads[task](features)
+
+    def _feature_channels(self) -> dict[str, int]:
+        levels = len(self.seg_net.strides)
+        size = 2 ** (levels + 1)
+        probe = torch.zeros(1, self.seg_net.in_channels, *([size] * self.seg_net.dimensions))
+        was_training = self.seg_net.training
+        self.seg_net.eval()
+        with torch.no_grad():
+            channels = {
+                "bottleneck": self.bottleneck(probe).shape[1],
+                "decoder": self.decoder_features(probe).shape[1],
+            }
+        self.seg_net.train(was_training)
+        return channels
+
+
+def transfer_pretrained(seg_net: UNet, pretrained: Mapping[str, torch.Tensor]) -> list[str]:
+    """Load every pre-trained U-Net weight except the segmentation head into ``seg_net``.
+
+    The head keeps its fresh initialisation (pre-training never trains it). Raises if a shared
+    weight is missing or has another shape; returns the names of the loaded tensors.
+    """
+    prefix = seg_head_prefix(seg_net)
+    own = seg_net.state_dict()
+    shared = {k: v for k, v in pretrained.items() if not k.startswith(prefix)}
+    expected = {k for k in own if not k.startswith(prefix)}
+    missing = sorted(expected - set(shared))
+    if missing:
+        raise KeyError(f"pre-trained weights lack {len(missing)} U-Net tensors, e.g. {missing[:3]}")
+    wrong = [k for k in expected if tuple(shared[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ValueError(f"pre-trained weights have other shapes for {wrong[:3]}: another network_def?")
+    seg_net.load_state_dict({**own, **{k: shared[k] for k in expected}})
+    return sorted(expected)

@@ -1,0 +1,93 @@
+"""The auxiliary-task registry: one class per self-supervised task, registered under its name.
+
+A task bundles the three things a pretext needs: ``pretext`` (make input and target from a batch
+of images, on whatever device the batch is, with an explicit random generator), ``build_head``
+(the training-only head on the U-Net's bottleneck or decoder features) and ``loss``. Adding a task
+means one module with one ``@register_task`` class, imported in ``common/ssl/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+Feature = Literal["bottleneck", "decoder"]
+
+
+@dataclass
+class Pretext:
+    """A generated pretext batch: what the network sees, what it must predict, and where (dense tasks)."""
+
+    input: torch.Tensor
+    target: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+
+class SSLTask:
+    """Base class of an auxiliary self-supervised task (see module docstring)."""
+
+    name: ClassVar[str] = ""
+    feature: ClassVar[Feature] = "bottleneck"
+
+    def pretext(self, images: torch.Tensor, generator: torch.Generator) -> Pretext:
+        """Make a pretext batch from images (B, C, H, W) on their device."""
+        raise NotImplementedError
+
+    def build_head(self, channels: int) -> nn.Module:
+        """The head mapping ``feature`` maps with ``channels`` channels to the task's prediction."""
+        raise NotImplementedError
+
+    def loss(self, prediction: torch.Tensor, pretext: Pretext) -> torch.Tensor:
+        """Scalar loss of a head prediction against the pretext."""
+        raise NotImplementedError
+
+
+TASKS: dict[str, type[SSLTask]] = {}
+
+
+def register_task(cls: type[SSLTask]) -> type[SSLTask]:
+    """Class decorator: add a task to the registry under ``cls.name``."""
+    if not cls.name or cls.name in TASKS:
+        raise ValueError(f"task name {cls.name!r} is empty or already registered")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def create_task(name: str, **options: Any) -> SSLTask:
+    """Instantiate a registered task with its options (e.g. ``grid=3`` for jigsaw)."""
+    if name not in TASKS:
+        raise KeyError(f"unknown auxiliary task {name!r}; registered: {sorted(TASKS)}")
+    return TASKS[name](**options)
+
+
+def pooled_mlp(channels: int, hidden: int, out: int) -> nn.Module:
+    """Global-average-pooled features through a two-layer MLP (classification/projection heads)."""
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden, out),
+    )
+
+
+def restoration_head(channels: int) -> nn.Module:
+    """Decoder features (at half resolution) to a 1-channel full-resolution image, like the seg head."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(channels, channels, kernel_size=3, stride=2, padding=1, output_padding=1),
+        nn.PReLU(channels),
+        nn.Conv2d(channels, 1, kernel_size=1),
+    )
+
+
+def uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Uniform [0, 1) numbers from ``generator`` (which lives on ``device``)."""
+    return torch.rand(shape, generator=generator, device=device)
+
+
+def randint(high: int, shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Integers in [0, high) from ``generator``."""
+    return torch.randint(high, shape, generator=generator, device=device)
