@@ -1,0 +1,155 @@
+"""Training engines for the auxiliary tasks, built on MONAI's SupervisedTrainer.
+
+* ``MultiTaskTrainer`` (joint mode): every iteration takes the labelled segmentation batch of its
+  data loader and, separately, an auxiliary batch from a second loader over all training images;
+  the loss is ``seg_weight * L_seg + sum_i lambda_i * L_i``. It reuses SupervisedTrainer's
+  iteration (AMP, gradient accumulation, events) by handing it that combined loss.
+* ``PretextTrainer`` (pre-training mode): auxiliary losses only, on batches of all training images;
+  no segmentation forward pass at all.
+
+Pretexts are generated on the batch, on the training device, with a seeded ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+
+from common.networks import MultiTaskUNet
+
+
+class AuxiliaryObjective:
+    """Weighted sum of the auxiliary tasks' losses on one image batch (pretexts made on its device)."""
+
+    def __init__(self, model: MultiTaskUNet, weights: Mapping[str, float], seed: int = 0) -> None:
+        unknown = set(weights) - set(model.tasks)
+        if unknown:
+            raise KeyError(f"weights given for tasks without a head: {sorted(unknown)}")
+        self.model, self.weights, self.seed = model, dict(weights), seed
+        self._generator: torch.Generator | None = None
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The pretext generator on ``device`` (seeded once; rank-dependent seeds are the caller's job)."""
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+    def __call__(self, network: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total weighted auxiliary loss and each task's (unweighted) loss."""
+        generator = self.generator(images.device)
+        losses: dict[str, torch.Tensor] = {}
+        for name in self.weights:
+            task = self.model.tasks[name]
+            pretext = task.pretext(images, generator)
+            losses[name] = task.loss(network(pretext.input, task=name), pretext)
+        total = sum(self.weights[n] * v for n, v in losses.items())
+        return total, losses
+
+
+def _images(batch: Any, device: torch.device, non_blocking: bool) -> torch.Tensor:
+    images = batch[Keys.IMAGE] if isinstance(batch, Mapping) else batch
+    return torch.as_tensor(images).to(device, non_blocking=non_blocking)
+
+
+def cycle(loader: Iterable) -> Iterator:
+    """Endless iteration over a loader, re-shuffling (``set_epoch``) each pass when it has a sampler."""
+    epoch = 0
+    while True:
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+class MultiTaskTrainer(SupervisedTrainer):
+    """Joint mode: ``seg_weight * L_seg(seg batch) + sum lambda_i L_i(aux batch)`` every iteration.
+
+    Args:
+        network: the ``MultiTaskUNet`` (its segmentation forward is the plain U-Net).
+        loss_function: the segmentation loss.
+        aux_data_loader: loader over all training images (labelled and unlabelled), cycled.
+        task_weights: lambda per task name.
+        seg_weight: weight of the segmentation loss.
+        pretext_seed: seed of the pretext generator.
+        kwargs: everything else SupervisedTrainer takes.
+    """
+
+    def __init__(
+        self,
+        network: MultiTaskUNet,
+        loss_function: Any,
+        aux_data_loader: Iterable,
+        task_weights: Mapping[str, float],
+        seg_weight: float = 1.0,
+        pretext_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        self.seg_loss, self.seg_weight = loss_function, seg_weight
+        self.objective = AuxiliaryObjective(network, task_weights, pretext_seed)
+        self.aux_data_loader = aux_data_loader
+        self._aux_batches: Iterator | None = None
+        super().__init__(network=network, loss_function=self._joint_loss, **kwargs)
+
+    def _joint_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self._aux_batches is None:
+            self._aux_batches = cycle(self.aux_data_loader)
+        images = _images(next(self._aux_batches), self.state.device, self.non_blocking)
+        seg = self.seg_loss(pred, target).mean()
+        aux, per_task = self.objective(self.network, images)
+        self.state.output["seg_loss"] = seg.detach()
+        self.state.output["aux_loss"] = aux.detach()
+        self.state.output.update({f"aux_loss/{n}": v.detach() for n, v in per_task.items()})
+        return self.seg_weight * seg + aux
+
+
+class PretextTrainer(SupervisedTrainer):
+    """Pre-training mode: only the auxiliary losses, on the batches of ``train_data_loader``.
+
+    Takes SupervisedTrainer's arguments (``loss_function`` is not used and may be None) plus
+    ``task_weights`` and ``pretext_seed``; ``network`` is the ``MultiTaskUNet``.
+    """
+
+    def __init__(
+        self,
+        network: MultiTaskUNet,
+        task_weights: Mapping[str, float],
+        pretext_seed: int = 0,
+        loss_function: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.objective = AuxiliaryObjective(network, task_weights, pretext_seed)
+        super().__init__(network=network, loss_function=loss_function, **kwargs)
+
+    def _iteration(self, engine: PretextTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        images = _images(batchdata, engine.state.device, engine.non_blocking)
+        engine.state.output = {Keys.IMAGE: images}
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        use_amp = bool(engine.amp and engine.scaler is not None)
+        with torch.autocast("cuda", **engine.amp_kwargs) if use_amp else contextlib.nullcontext():
+            total, per_task = self.objective(engine.network, images)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.state.output[Keys.LOSS] = total
+        engine.state.output["aux_loss"] = total.detach()
+        engine.state.output.update({f"aux_loss/{n}": v.detach() for n, v in per_task.items()})
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if use_amp:
+            engine.scaler.scale(total).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            total.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

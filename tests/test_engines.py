@@ -1,0 +1,95 @@
+"""Joint and pre-training engines on real MONAI trainers: which parameters move, losses recorded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.data import DataLoader, Dataset
+from monai.losses import DiceFocalLoss
+from monai.networks.nets import UNet
+
+from common.engines import MultiTaskTrainer, PretextTrainer
+from common.networks import MultiTaskUNet, seg_head_prefix
+from common.ssl import create_task
+
+
+def _data(n: int, labelled: bool) -> list[dict]:
+    g = torch.Generator().manual_seed(n)
+    items = []
+    for _ in range(n):
+        image = torch.rand(1, 32, 32, generator=g)
+        item = {"image": image}
+        if labelled:
+            item["label"] = (image > 0.7).float()
+        items.append(item)
+    return items
+
+
+def _model(*tasks: str) -> MultiTaskUNet:
+    torch.manual_seed(0)
+    unet = UNet(2, 1, 1, (8, 16, 32), (2, 2), num_res_units=1, norm="batch")
+    return MultiTaskUNet(unet, {t: create_task(t) for t in tasks})
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def _moved(before: dict[str, torch.Tensor], module: torch.nn.Module, prefix: str) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in module.named_parameters() if k.startswith(prefix))
+
+
+@pytest.mark.parametrize("tasks", [("rotation",), ("genesis",), ("rotation", "jigsaw", "inpainting")])
+def test_joint_mode_changes_seg_and_aux_parameters(tasks: tuple[str, ...]) -> None:
+    model = _model(*tasks)
+    before = _snapshot(model)
+    trainer = MultiTaskTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=DataLoader(Dataset(_data(4, True)), batch_size=2),
+        aux_data_loader=DataLoader(Dataset(_data(3, False)), batch_size=2, shuffle=True),
+        network=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        loss_function=DiceFocalLoss(sigmoid=True),
+        task_weights={t: 0.5 for t in tasks},
+    )
+    trainer.run()
+    assert trainer.state.iteration == 2  # the labelled loader sets the epoch; the aux loader cycles
+    assert _moved(before, model, "seg_net." + seg_head_prefix(model.seg_net))  # segmentation head trained
+    for t in tasks:
+        assert _moved(before, model, f"heads.{t}.")  # every auxiliary head trained
+    out = trainer.state.output[0]  # decollated: the batch's values, per sample
+    assert {"seg_loss", "aux_loss"} <= set(out) and all(f"aux_loss/{t}" in out for t in tasks)
+    expected = out["seg_loss"] + sum(0.5 * out[f"aux_loss/{t}"] for t in tasks)
+    assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_pretraining_mode_leaves_the_segmentation_head_alone() -> None:
+    model = _model("inpainting")
+    before = _snapshot(model)
+    trainer = PretextTrainer(
+        device=torch.device("cpu"),
+        max_epochs=2,
+        train_data_loader=DataLoader(Dataset(_data(6, False)), batch_size=3),
+        network=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        task_weights={"inpainting": 1.0},
+    )
+    trainer.run()
+    assert trainer.state.iteration == 4
+    assert not _moved(before, model, "seg_net." + seg_head_prefix(model.seg_net))
+    assert _moved(before, model, "seg_net.model.0.") and _moved(before, model, "heads.inpainting.")
+    assert "aux_loss/inpainting" in trainer.state.output[0]
+
+
+def test_weights_for_unknown_tasks_are_refused() -> None:
+    model = _model("rotation")
+    with pytest.raises(KeyError, match="without a head"):
+        PretextTrainer(
+            device=torch.device("cpu"),
+            max_epochs=1,
+            train_data_loader=[],
+            network=model,
+            optimizer=torch.optim.Adam(model.parameters()),
+            task_weights={"jigsaw": 1.0},
+        )
