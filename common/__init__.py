@@ -4,6 +4,18 @@ Bundle configs write ``$import common`` and then refer to ``common.<module>.<nam
 module they use is imported here (a ``$import common.x`` would bind ``common.x``, not ``common``).
 """
 
-from common import bundle, cache, datalist, handlers, imaging, io, networks, rle, ssl, transforms
+from common import bundle, cache, datalist, engines, handlers, imaging, io, networks, rle, ssl, transforms
 
-__all__ = ["bundle", "cache", "datalist", "handlers", "imaging", "io", "networks", "rle", "ssl", "transforms"]
+__all__ = [
+    "bundle",
+    "cache",
+    "datalist",
+    "engines",
+    "handlers",
+    "imaging",
+    "io",
+    "networks",
+    "rle",
+    "ssl",
+    "transforms",
+]

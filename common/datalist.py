@@ -242,6 +242,11 @@ def _round_count(n: int, fraction: float) -> int:
     return int(np.floor(n * fraction + 0.5))
 
 
+def image_items(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The items without any label: what unlabelled splits and auxiliary tasks get."""
+    return [{"id": it["id"], "image": it["image"]} for it in items]
+
+
 def split_items(
     items: Sequence[dict[str, Any]],
     labelled_fraction: float,
@@ -280,7 +285,7 @@ def split_items(
     by_id = sorted(train, key=lambda it: it["id"])
     return {
         "training_labelled": [it for it in by_id if it["id"] in labelled_ids],
-        "training_unlabelled": [{"id": it["id"], "image": it["image"]} for it in by_id if it["id"] not in labelled_ids],
+        "training_unlabelled": image_items([it for it in by_id if it["id"] not in labelled_ids]),
         "validation": sorted(val, key=lambda it: it["id"]),
         "test": sorted(test, key=lambda it: it["id"]),
     }

@@ -21,6 +21,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
+from common.io import atomic_path
 from common.networks import MultiTaskUNet
 
 
@@ -28,6 +29,7 @@ class AuxiliaryObjective:
     """Weighted sum of the auxiliary tasks' losses on one image batch (pretexts made on its device)."""
 
     def __init__(self, model: MultiTaskUNet, weights: Mapping[str, float], seed: int = 0) -> None:
+        model = getattr(model, "module", model)  # the MultiTaskUNet inside DistributedDataParallel
         unknown = set(weights) - set(model.tasks)
         if unknown:
             raise KeyError(f"weights given for tasks without a head: {sorted(unknown)}")
@@ -153,3 +155,11 @@ class PretextTrainer(SupervisedTrainer):
             engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+
+def run_pretraining(trainer: PretextTrainer, seg_net: torch.nn.Module, pretrained_file: str) -> str:
+    """Run the pre-training phase, then write the U-Net's weights to ``pretrained_file`` (atomically)."""
+    trainer.run()
+    with atomic_path(pretrained_file) as tmp:
+        torch.save(seg_net.state_dict(), tmp)
+    return pretrained_file

@@ -10,6 +10,7 @@ segmentation network's weights.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import torch
@@ -98,3 +99,14 @@ def transfer_pretrained(seg_net: UNet, pretrained: Mapping[str, torch.Tensor]) -
         raise ValueError(f"pre-trained weights have other shapes for {wrong[:3]}: another network_def?")
     seg_net.load_state_dict({**own, **{k: shared[k] for k in expected}})
     return sorted(expected)
+
+
+def with_pretrained(seg_net: UNet, pretrained_file: str) -> UNet:
+    """``seg_net`` with every pre-trained weight but the segmentation head loaded from ``pretrained_file``."""
+    if not os.path.isfile(pretrained_file):
+        raise FileNotFoundError(
+            f"{pretrained_file} not found: run this bundle's configs/pretrain.json first "
+            "(or configs/train.json, which pre-trains when the file is missing)"
+        )
+    transfer_pretrained(seg_net, torch.load(pretrained_file, map_location="cpu", weights_only=True))
+    return seg_net

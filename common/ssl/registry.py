@@ -8,6 +8,7 @@ means one module with one ``@register_task`` class, imported in ``common/ssl/__i
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -61,6 +62,15 @@ def create_task(name: str, **options: Any) -> SSLTask:
     if name not in TASKS:
         raise KeyError(f"unknown auxiliary task {name!r}; registered: {sorted(TASKS)}")
     return TASKS[name](**options)
+
+
+def create_tasks(names: Iterable[str], options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, SSLTask]:
+    """Instantiate several tasks by name, with per-task options ``{name: {option: value}}``."""
+    options = options or {}
+    unknown = set(options) - set(names)
+    if unknown:
+        raise KeyError(f"options given for tasks that are not used: {sorted(unknown)}")
+    return {name: create_task(name, **options.get(name, {})) for name in names}
 
 
 def pooled_mlp(channels: int, hidden: int, out: int) -> nn.Module:
