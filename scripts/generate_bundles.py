@@ -170,10 +170,12 @@ def pretrain_train(variant: Variant) -> dict[str, Any]:
     cfg["pretrain_learning_rate"] = "@learning_rate"
     cfg["pretrained_file"] = "$os.path.join(@ckpt_dir, 'pretrained.pt')"
     cfg["force_pretrain"] = False
-    cfg["network"] = "$common.networks.with_pretrained(@network_def, @pretrained_file).to(@device)"
     cfg["pretrain"] = _pretrain_block(cfg)
     run_if_needed = RUN_PRETRAINING + " if @force_pretrain or not os.path.isfile(@pretrained_file) else None"
-    cfg["run"] = [run_if_needed, *cfg["run"]]
+    # loaded in place at run time (not when the network is built), so the workflow initialises and
+    # passes its property checks before any pre-training exists; a resume checkpoint loads over it
+    load = "$common.networks.with_pretrained(@network, @pretrained_file)"
+    cfg["run"] = [run_if_needed, load, *cfg["run"]]
     return cfg
 
 

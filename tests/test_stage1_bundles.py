@@ -1,0 +1,90 @@
+"""The generated stage-1 bundles: up to date, MONAI properties, a short CLI run each, the hand-off."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from common.networks import seg_head_prefix
+from scripts.generate_bundles import main as generate
+from scripts.generate_bundles import variants
+from tests.conftest import REPO, read_json, run_bundle, tiny_train_overrides
+
+NAMES = [v.name for v in variants()]
+
+
+def test_generated_bundles_are_up_to_date() -> None:
+    assert generate(["--check"]) == 0, "run python scripts/generate_bundles.py and commit the result"
+    assert len(NAMES) == 11 and sum(n.endswith("_pretrain") for n in NAMES) == 5
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_properties(name: str, tiny_siim: Path, tmp_path: Path) -> None:
+    configs = REPO / "bundles" / name / "configs"
+    for config, kind, extra in (
+        ("train.json", "train", {"dataset_dir": str(tiny_siim)}),
+        ("inference.json", "infer", {"input_dir": str(tiny_siim)}),
+    ):
+        workflow = ConfigWorkflow(
+            config_file=str(configs / config), workflow_type=kind, bundle_root=str(tmp_path), **extra
+        )
+        workflow.initialize()
+        assert workflow.check_properties() == [], (name, config)
+
+
+def _copy(name: str, dest: Path) -> Path:
+    shutil.copytree(REPO / "bundles" / name, dest, ignore=shutil.ignore_patterns("cache", "logs", "eval"))
+    for f in (dest / "models").iterdir():
+        if f.name != ".gitkeep":
+            f.unlink()
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_cli_short_run_writes_model_and_metrics(name: str, tiny_siim: Path, tmp_path: Path) -> None:
+    bundle = _copy(name, tmp_path / name)
+    overrides = [o for o in tiny_train_overrides(tiny_siim, bundle) if o not in ("--bundle_root", str(bundle))]
+    extra = ["--pretrain_epochs", "1"] if name.endswith("_pretrain") else []
+    run_bundle([bundle / "configs" / "train.json"], *overrides, "--labelled_fraction", "0.5", *extra, cwd=tmp_path)
+    metrics = read_json(bundle / "models" / "metrics.json")
+    assert metrics["training"]["status"] == "complete"
+    assert set(metrics["validation"]) >= {"dice", "dice_positive", "iou"}
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert all(k.startswith("model.") for k in state)  # the plain U-Net, no heads, no wrapper prefix
+    if name.endswith("_pretrain"):
+        assert (bundle / "models" / "pretrained.pt").is_file()
+
+
+@pytest.mark.slow
+def test_pretrain_then_train_hands_the_weights_over(tiny_siim: Path, tmp_path: Path) -> None:
+    bundle = _copy("inpainting_pretrain", tmp_path / "b")
+    overrides = tiny_train_overrides(tiny_siim, bundle)
+    run_bundle([bundle / "configs" / "pretrain.json"], *overrides, "--pretrain_epochs", "1", cwd=tmp_path)
+    assert not (bundle / "models" / "model.pt").exists()  # the pre-training phase alone
+    pretrained = torch.load(bundle / "models" / "pretrained.pt", weights_only=True)
+    workflow = ConfigWorkflow(
+        config_file=str(bundle / "configs" / "train.json"),
+        workflow_type="train",
+        bundle_root=str(bundle),
+        dataset_dir=str(tiny_siim),
+        image_size=64,
+    )
+    workflow.initialize()
+    network = workflow.parser.get_parsed_content("network")
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    assert workflow.parser["run"][1].startswith("$common.networks.with_pretrained(@network")
+    workflow.parser.get_parsed_content("run#1")  # the bundle's own hand-off step (pre-training is skipped)
+    prefix = seg_head_prefix(network)
+    after = network.state_dict()
+    for key, value in after.items():
+        if key.startswith(prefix):
+            assert torch.equal(value, before[key]), key  # segmentation head: fresh, as built
+        else:
+            assert torch.equal(value.cpu(), pretrained[key]), key  # everything else: the pre-trained tensors
+    moved = [k for k in after if not k.startswith(prefix) and not torch.equal(after[k], before[k])]
+    assert moved  # the transfer really changed the network
