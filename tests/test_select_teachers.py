@@ -1,0 +1,70 @@
+"""Teacher selection from synthetic metrics: the table, the file, ties, missing and failed variants."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from scripts.select_teachers import main as select_teachers
+
+
+def _variant(root: Path, name: str, dice: float | None, positive: float = 0.5, status: str = "complete") -> None:
+    models = root / name / "models"
+    models.mkdir(parents=True)
+    (models / "model.pt").write_bytes(name.encode())
+    validation = None if dice is None else {"dice": dice, "dice_positive": positive, "iou": dice / 2}
+    (models / "metrics.json").write_text(json.dumps({"training": {"status": status}, "validation": validation}))
+
+
+def _read(root: Path) -> dict:
+    return json.loads((root / "distill" / "models" / "teachers.json").read_text())
+
+
+def test_picks_the_better_mode_per_task_and_handles_ties(tmp_path: Path, capsys) -> None:
+    _variant(tmp_path, "rotation_joint", 0.70)
+    _variant(tmp_path, "rotation_pretrain", 0.75)
+    _variant(tmp_path, "jigsaw_joint", 0.60, positive=0.40)
+    _variant(tmp_path, "jigsaw_pretrain", 0.60, positive=0.45)  # tie on dice, better positive dice
+    _variant(tmp_path, "genesis_joint", 0.50, positive=0.3)
+    _variant(tmp_path, "genesis_pretrain", 0.50, positive=0.3)  # full tie
+    code = select_teachers(["--bundles-dir", str(tmp_path), "--tasks", "rotation", "jigsaw", "genesis"])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "rotation         0.7000        0.7500  pretrain" in table
+    teachers = {t["task"]: t for t in _read(tmp_path)["teachers"]}
+    assert teachers["rotation"]["mode"] == "pretrain" and teachers["rotation"]["val_dice_joint"] == 0.70
+    assert teachers["jigsaw"]["mode"] == "pretrain" and "positive-only" in teachers["jigsaw"]["reason"]
+    assert teachers["genesis"]["mode"] == "joint" and "joint preferred" in teachers["genesis"]["reason"]
+    checkpoint = Path(teachers["rotation"]["checkpoint"])
+    assert checkpoint == (tmp_path / "rotation_pretrain" / "models" / "model.pt").resolve()
+    assert teachers["rotation"]["sha256"] == hashlib.sha256(b"rotation_pretrain").hexdigest()
+
+
+def test_missing_or_failed_variant_is_an_error_naming_it(tmp_path: Path, capsys) -> None:
+    _variant(tmp_path, "rotation_joint", 0.70)
+    _variant(tmp_path, "jigsaw_joint", 0.6)
+    _variant(tmp_path, "jigsaw_pretrain", 0.9, status="failed")
+    code = select_teachers(["--bundles-dir", str(tmp_path), "--tasks", "rotation", "jigsaw"])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "distill").exists()
+    assert "rotation_pretrain: missing" in err and "jigsaw_pretrain: failed: training status is 'failed'" in err
+
+
+def test_allow_missing_takes_what_is_there(tmp_path: Path, capsys) -> None:
+    _variant(tmp_path, "rotation_joint", 0.70)
+    _variant(tmp_path, "jigsaw_joint", None)  # trained, but no validation dice
+    code = select_teachers(["--bundles-dir", str(tmp_path), "--tasks", "rotation", "jigsaw", "--allow-missing"])
+    assert code == 0
+    selection = _read(tmp_path)
+    assert [t["task"] for t in selection["teachers"]] == ["rotation"]
+    assert selection["teachers"][0]["reason"] == "only usable variant"
+    assert selection["tasks_without_teacher"] == ["jigsaw"]
+    assert "warning: jigsaw_joint: failed: no validation dice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("allow", [[], ["--allow-missing"]])
+def test_nothing_usable_is_an_error(tmp_path: Path, allow: list[str]) -> None:
+    assert select_teachers(["--bundles-dir", str(tmp_path), "--tasks", "rotation", *allow]) == 2
