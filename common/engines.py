@@ -21,6 +21,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
+from common.handlers import update_metrics_file
 from common.io import atomic_path
 from common.networks import MultiTaskUNet
 
@@ -66,7 +67,12 @@ def cycle(loader: Iterable) -> Iterator:
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        yield from loader
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the auxiliary data loader yields no batch (fewer images than aux_batch_size?)")
         epoch += 1
 
 
@@ -157,9 +163,18 @@ class PretextTrainer(SupervisedTrainer):
         return engine.state.output
 
 
-def run_pretraining(trainer: PretextTrainer, seg_net: torch.nn.Module, pretrained_file: str) -> str:
-    """Run the pre-training phase, then write the U-Net's weights to ``pretrained_file`` (atomically)."""
+def run_pretraining(
+    trainer: PretextTrainer, seg_net: torch.nn.Module, pretrained_file: str, metrics_file: str | None = None
+) -> str:
+    """Run the pre-training phase, write the U-Net's weights to ``pretrained_file`` (atomically) and
+    record the phase (epochs, last auxiliary loss, file) in the bundle's metrics.json."""
     trainer.run()
     with atomic_path(pretrained_file) as tmp:
         torch.save(seg_net.state_dict(), tmp)
+    if metrics_file:
+        last = {k: float(v) for k, v in trainer.state.metrics.items()}
+        update_metrics_file(
+            metrics_file,
+            pretraining={"epochs": trainer.state.epoch, "metrics": last, "pretrained_file": pretrained_file},
+        )
     return pretrained_file

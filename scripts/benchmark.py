@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -182,6 +183,75 @@ def bench(dataset_dir: Path, image_size: int, batch_size: int, workers: int, rep
     }
 
 
+def _timed_pretexts(model: Any, clock: dict[str, float]) -> None:
+    """Wrap every task's ``pretext`` so the time spent generating pretexts adds up in ``clock``."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for task in getattr(model, "tasks", {}).values():
+        original = task.pretext
+
+        def timed(images, generator, _original=original):
+            sync()
+            t0 = time.perf_counter()
+            out = _original(images, generator)
+            sync()
+            clock["pretext"] += time.perf_counter() - t0
+            return out
+
+        task.pretext = timed
+
+
+def bench_step(bundle: str, dataset_dir: Path, image_size: int, batch_size: int, repeats: int) -> dict[str, float]:
+    """Median seconds per training step of a bundle's trainer (epoch 1, which fills the cache, not
+    counted) and the share of that step spent generating pretexts."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    with tempfile.TemporaryDirectory() as root:
+        workflow = ConfigWorkflow(
+            config_file=str(REPO / "bundles" / bundle / "configs" / "train.json"),
+            workflow_type="train",
+            bundle_root=root,
+            dataset_dir=str(dataset_dir),
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=0,
+            epochs=repeats + 1,
+            val_interval=10_000,
+        )
+        workflow.initialize()
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        clock = {"pretext": 0.0, "t0": 0.0}
+        _timed_pretexts(getattr(trainer.network, "module", trainer.network), clock)
+        steps, shares = [], []
+
+        def started(engine) -> None:
+            clock.update(pretext=0.0, t0=time.perf_counter())
+
+        def completed(engine) -> None:
+            elapsed = time.perf_counter() - clock["t0"]
+            if engine.state.epoch > 1:
+                steps.append(elapsed / engine.state.epoch_length)
+                shares.append(clock["pretext"] / elapsed)
+
+        trainer.add_event_handler(Events.EPOCH_STARTED, started)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, completed)
+        trainer.run()
+    return {"step_s": statistics.median(steps), "pretext_share": statistics.median(shares)}
+
+
+def stage1_table(args: argparse.Namespace) -> None:
+    """Step time of every joint bundle relative to the baseline's step (target <= 1.6x)."""
+    bundles = ["baseline", *sorted(p.name for p in (REPO / "bundles").iterdir() if p.name.endswith("_joint"))]
+    print(f"\nstep time, {args.image_size}x{args.image_size}, batch {args.batch_size} (aux batch: aux_batch_size)")
+    print(f"{'bundle':<18} {'ms/step':>8} {'vs baseline':>11} {'pretext share':>13}")
+    base = None
+    for bundle in bundles:
+        r = bench_step(bundle, args.dataset_dir, args.image_size, args.batch_size, args.repeats)
+        base = base or r["step_s"]
+        print(f"{bundle:<18} {r['step_s'] * 1000:>8.0f} {r['step_s'] / base:>10.2f}x {r['pretext_share']:>13.1%}")
+    print("target: joint step <= 1.6x the baseline step")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run both measurements for each worker count and print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -190,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts to measure")
     parser.add_argument("--repeats", type=int, default=4, help="measured epochs (after one warm-up epoch)")
+    parser.add_argument(
+        "--stage1", action="store_true", help="also time every joint bundle's step against the baseline"
+    )
     args = parser.parse_args(argv)
     if not (args.dataset_dir / "train-rle.csv").is_file():
         print(f"{args.dataset_dir} missing: generating the demo data there")
@@ -206,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['wait_share']:>9.1%} {r['other_cores']:>9.2f}c{flag}"
         )
     print("targets: ratio >= 0.9, data wait <= 10% (epoch 2, cache warm); 'other load' = cores used by other processes")
+    if args.stage1:
+        stage1_table(args)
     return 0
 
 

@@ -74,7 +74,8 @@ def _aux_blocks(cfg: dict[str, Any], variant: Variant) -> None:
     """Task settings and the loader over all training images (labels stripped) that feeds the tasks."""
     cfg["aux_weights"] = dict(variant.weights)
     cfg["aux_task_options"] = {}
-    cfg["aux_batch_size"] = "@batch_size"
+    # half the segmentation batch: the auxiliary pass then costs about half a segmentation step
+    cfg["aux_batch_size"] = "$max(2, @batch_size // 2)"
     dataset = copy.deepcopy(cfg["train"]["dataset"])
     dataset["data"] = "$common.datalist.image_items(@datalist['training_labelled'] + @datalist['training_unlabelled'])"
     dataset["transform"] = {"_target_": "Compose", "transforms": "@load_transforms"}
@@ -158,7 +159,9 @@ def _pretrain_block(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-RUN_PRETRAINING = "$common.engines.run_pretraining(@pretrain#trainer, @pretrain#seg_net, @pretrained_file)"
+RUN_PRETRAINING = (
+    "$common.engines.run_pretraining(@pretrain#trainer, @pretrain#seg_net, @pretrained_file, @metrics_file)"
+)
 
 
 def pretrain_train(variant: Variant) -> dict[str, Any]:

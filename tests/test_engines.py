@@ -93,3 +93,10 @@ def test_weights_for_unknown_tasks_are_refused() -> None:
             optimizer=torch.optim.Adam(model.parameters()),
             task_weights={"jigsaw": 1.0},
         )
+
+
+def test_an_empty_auxiliary_loader_is_an_error_not_a_hang() -> None:
+    from common.engines import cycle
+
+    with pytest.raises(ValueError, match="yields no batch"):
+        next(cycle(DataLoader(Dataset(_data(1, False)), batch_size=2, drop_last=True)))

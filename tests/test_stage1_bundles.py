@@ -58,6 +58,7 @@ def test_cli_short_run_writes_model_and_metrics(name: str, tiny_siim: Path, tmp_
     assert all(k.startswith("model.") for k in state)  # the plain U-Net, no heads, no wrapper prefix
     if name.endswith("_pretrain"):
         assert (bundle / "models" / "pretrained.pt").is_file()
+        assert metrics["pretraining"]["epochs"] == 1 and "aux_loss" in metrics["pretraining"]["metrics"]
 
 
 @pytest.mark.slow

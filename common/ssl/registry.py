@@ -85,12 +85,10 @@ def pooled_mlp(channels: int, hidden: int, out: int) -> nn.Module:
 
 
 def restoration_head(channels: int) -> nn.Module:
-    """Decoder features (at half resolution) to a 1-channel full-resolution image, like the seg head."""
-    return nn.Sequential(
-        nn.ConvTranspose2d(channels, channels, kernel_size=3, stride=2, padding=1, output_padding=1),
-        nn.PReLU(channels),
-        nn.Conv2d(channels, 1, kernel_size=1),
-    )
+    """Decoder features (half resolution) to a 1-channel full-resolution image: a twin of the U-Net's
+    segmentation head (one stride-2 transposed convolution). A wider head (32 -> 32 channels at full
+    resolution) made a dense joint step 2.3-2.5x the baseline step on CPU instead of about 2x."""
+    return nn.ConvTranspose2d(channels, 1, kernel_size=3, stride=2, padding=1, output_padding=1)
 
 
 def uniform(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
