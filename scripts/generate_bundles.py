@@ -218,9 +218,11 @@ def multi_gpu(variant: Variant) -> dict[str, Any]:
         "device_ids": "$[@device] if torch.cuda.is_available() else None",
     }
     if variant.mode == "joint":
-        # bottleneck tasks skip the decoder in their pass: not every parameter gets a gradient from it
-        cfg["train#trainer#network"] = {**ddp, "module": "@multitask_network", "find_unused_parameters": True}
+        # one step calls the module twice (segmentation, then each task) before one backward: a static
+        # graph lets DDP count every parameter's uses (checked: ranks stay identical on different data)
+        cfg["train#trainer#network"] = {**ddp, "module": "@multitask_network", "static_graph": True}
     else:
+        # pre-training never runs the segmentation head
         cfg["pretrain#trainer#network"] = {**ddp, "module": "@pretrain#network", "find_unused_parameters": True}
         cfg["train#trainer#network"] = {**ddp, "module": "@network"}
     cfg["aux#sampler"] = {

@@ -65,3 +65,24 @@ def tiny_train_overrides(dataset_dir: Path, bundle_root: Path, epochs: int = 1) 
 def read_json(path: Path) -> dict:
     """Parse a JSON file."""
     return json.loads(Path(path).read_text())
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for torchrun's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_torchrun(configs: list[Path], *overrides: str, cwd: Path, nproc: int = 2) -> None:
+    """``torchrun --nproc_per_node=N -m monai.bundle run`` (gloo on CPU); fail the test with its output on error."""
+    config_arg = repr([str(c) for c in configs])
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port", str(free_port()),
+        "-m", "monai.bundle", "run", "--config_file", config_arg, *overrides,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -17,7 +15,7 @@ from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_ne
 from PIL import Image
 
 from common.datalist import load_or_build_datalist
-from tests.conftest import BASELINE, REPO, read_json, run_bundle, shared_path, tiny_train_overrides
+from tests.conftest import BASELINE, REPO, read_json, run_bundle, run_torchrun, shared_path, tiny_train_overrides
 
 SCHEMA = REPO / "common" / "schemas" / "bundle_meta_schema.json"
 CONFIGS = BASELINE / "configs"
@@ -228,23 +226,9 @@ def test_real_cxr_lungs_short_training(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_multi_gpu_config_trains_with_gloo_on_two_processes(tiny_siim: Path, tmp_path: Path) -> None:
     bundle = _copy_bundle(tmp_path / "b")
-    configs = repr([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "multi_gpu_train.json")])
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port",
-        str(_free_port()),
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        configs,
-        *[o for o in tiny_train_overrides(tiny_siim, bundle) if o not in ("--bundle_root", str(bundle))],
-    ]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    configs = [bundle / "configs" / "train.json", bundle / "configs" / "multi_gpu_train.json"]
+    overrides = [o for o in tiny_train_overrides(tiny_siim, bundle) if o not in ("--bundle_root", str(bundle))]
+    run_torchrun(configs, *overrides, cwd=tmp_path)
     assert sorted(p.name for p in (bundle / "models").iterdir()) == [
         "checkpoint_epoch=1.pt",
         "metrics.json",
@@ -253,11 +237,3 @@ def test_multi_gpu_config_trains_with_gloo_on_two_processes(tiny_siim: Path, tmp
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # loadable by the single-process inference.json
     assert read_json(bundle / "models" / "metrics.json")["training"]["status"] == "complete"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

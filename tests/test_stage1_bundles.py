@@ -12,7 +12,7 @@ from monai.bundle import ConfigWorkflow
 from common.networks import seg_head_prefix
 from scripts.generate_bundles import main as generate
 from scripts.generate_bundles import variants
-from tests.conftest import REPO, read_json, run_bundle, tiny_train_overrides
+from tests.conftest import REPO, read_json, run_bundle, run_torchrun, tiny_train_overrides
 
 NAMES = [v.name for v in variants()]
 
@@ -89,3 +89,15 @@ def test_pretrain_then_train_hands_the_weights_over(tiny_siim: Path, tmp_path: P
             assert torch.equal(value.cpu(), pretrained[key]), key  # everything else: the pre-trained tensors
     moved = [k for k in after if not k.startswith(prefix) and not torch.equal(after[k], before[k])]
     assert moved  # the transfer really changed the network
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["rotation_joint", "genesis_pretrain"])
+def test_multi_gpu_mixin_trains_with_gloo_on_two_processes(name: str, tiny_siim: Path, tmp_path: Path) -> None:
+    bundle = _copy(name, tmp_path / name)
+    configs = [bundle / "configs" / "train.json", bundle / "configs" / "multi_gpu_train.json"]
+    overrides = [o for o in tiny_train_overrides(tiny_siim, bundle) if o not in ("--bundle_root", str(bundle))]
+    run_torchrun(configs, *overrides, "--pretrain_epochs", "1", "--labelled_fraction", "0.5", cwd=tmp_path)
+    assert read_json(bundle / "models" / "metrics.json")["training"]["status"] == "complete"
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert all(k.startswith("model.") for k in state)
