@@ -128,7 +128,8 @@ def joint_train(variant: Variant) -> dict[str, Any]:
     return cfg
 
 
-def _pretrain_block(cfg: dict[str, Any]) -> dict[str, Any]:
+def _pretrain_block() -> dict[str, Any]:
+    """The pre-training phase: its own copy of the U-Net with the task heads, optimiser and trainer."""
     handlers = [
         {"_target_": "LrScheduleHandler", "lr_scheduler": "@pretrain#lr_scheduler", "print_lr": False},
         {"_target_": "StatsHandler", "_disabled_": "@non_main_rank", "iteration_log": False},
@@ -190,7 +191,7 @@ def pretrain_train(variant: Variant) -> dict[str, Any]:
     cfg["pretrain_learning_rate"] = "@learning_rate"
     cfg["pretrained_file"] = "$os.path.join(@ckpt_dir, 'pretrained.pt')"
     cfg["force_pretrain"] = False
-    cfg["pretrain"] = _pretrain_block(cfg)
+    cfg["pretrain"] = _pretrain_block()
     run_if_needed = RUN_PRETRAINING + " if @force_pretrain or not os.path.isfile(@pretrained_file) else None"
     # loaded in place at run time (not when the network is built), so the workflow initialises and
     # passes its property checks before any pre-training exists; a resume checkpoint loads over it
