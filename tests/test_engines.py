@@ -100,3 +100,17 @@ def test_an_empty_auxiliary_loader_is_an_error_not_a_hang() -> None:
 
     with pytest.raises(ValueError, match="yields no batch"):
         next(cycle(DataLoader(Dataset(_data(1, False)), batch_size=2, drop_last=True)))
+
+
+def test_auxiliary_passes_leave_batch_norm_running_statistics_alone() -> None:
+    from common.engines import AuxiliaryObjective
+
+    model = _model("genesis").train()
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    loss, _ = AuxiliaryObjective(model, {"genesis": 1.0})(model, torch.rand(4, 1, 32, 32))
+    loss.backward()
+    after = model.state_dict()
+    assert stats and all(torch.equal(after[k], v) for k, v in stats.items())
+    model(torch.rand(4, 1, 32, 32))  # the segmentation pass still updates them
+    assert any(not torch.equal(model.state_dict()[k], v) for k, v in stats.items())
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
