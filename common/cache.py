@@ -14,6 +14,8 @@ from typing import Any
 from monai.data.utils import pickle_hashing
 
 PATH_KEYS = ("image", "label")
+# bumped when what the cache stores changes (2: MetaTensors with their metadata, track_meta=True)
+CACHE_FORMAT = 2
 
 
 def source_aware_hash(item: dict[str, Any]) -> bytes:
@@ -24,4 +26,4 @@ def source_aware_hash(item: dict[str, Any]) -> bytes:
         if isinstance(value, str) and os.path.isfile(value):
             st = os.stat(value)
             stamps[key] = (st.st_size, st.st_mtime_ns)
-    return pickle_hashing({"item": item, "stamps": stamps})
+    return pickle_hashing({"item": item, "stamps": stamps, "format": CACHE_FORMAT})

@@ -247,6 +247,17 @@ def image_items(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"id": it["id"], "image": it["image"]} for it in items]
 
 
+def distillation_items(datalist: dict[str, list[dict[str, Any]]], use_unlabelled: bool = True) -> list[dict[str, Any]]:
+    """Labelled training items (id, image and their label source) plus, optionally, the unlabelled ones.
+
+    Only the keys the loader needs are kept, so labelled and unlabelled items collate in one batch
+    (``common.transforms.MarkLabelledd`` then flags them and fills the missing labels).
+    """
+    keep = ("id", "image", "label", "rle")
+    labelled = [{k: it[k] for k in keep if k in it} for it in datalist["training_labelled"]]
+    return labelled + (image_items(datalist["training_unlabelled"]) if use_unlabelled else [])
+
+
 def split_items(
     items: Sequence[dict[str, Any]],
     labelled_fraction: float,

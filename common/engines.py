@@ -6,6 +6,8 @@
   iteration (AMP, gradient accumulation, events) by handing it that combined loss.
 * ``PretextTrainer`` (pre-training mode): auxiliary losses only, on batches of all training images;
   no segmentation forward pass at all.
+* ``DistillationTrainer`` (stage 2): the student against the teacher ensemble's soft targets (cached
+  in the batch, or computed online from the teachers) plus the segmentation loss on labelled images.
 
 Pretexts are generated on the batch, on the training device, with a seeded ``torch.Generator``.
 """
@@ -23,7 +25,9 @@ from monai.utils.enums import CommonKeys as Keys
 
 from common.handlers import update_metrics_file
 from common.io import atomic_path
+from common.kd import DistillationLoss
 from common.networks import MultiTaskUNet
+from common.teachers import TeacherEnsemble
 
 
 @contextlib.contextmanager
@@ -187,14 +191,70 @@ class PretextTrainer(SupervisedTrainer):
         return engine.state.output
 
 
+class DistillationTrainer(SupervisedTrainer):
+    """Stage 2: ``L_kd(student, ensemble) + alpha * L_seg(student, label)`` (``common.kd.DistillationLoss``).
+
+    Cached mode (``ensemble=None``): the batch carries the soft targets under ``soft_key``, augmented
+    with the image. Online mode: the frozen ``ensemble`` runs on this step's (augmented) images. The
+    per-image ``labelled_key`` flag selects the images the segmentation term applies to (all, when the
+    batch has no flag). SupervisedTrainer's iteration (AMP, accumulation, events) is reused by handing
+    it this loss.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        loss_function: DistillationLoss,
+        ensemble: TeacherEnsemble | None = None,
+        soft_key: str = "soft",
+        labelled_key: str = "labelled",
+        **kwargs: Any,
+    ) -> None:
+        self.distill_loss, self.ensemble = loss_function, None
+        self.soft_key, self.labelled_key = soft_key, labelled_key
+        self.set_ensemble(ensemble)
+        super().__init__(network=network, loss_function=self._loss, **kwargs)
+
+    def set_ensemble(self, ensemble: TeacherEnsemble | None) -> None:
+        """Online mode with ``ensemble``, cached mode with None (the bundle sets it at run time)."""
+        if ensemble is not None and abs(ensemble.temperature - self.distill_loss.temperature) > 1e-12:
+            raise ValueError(
+                f"the ensemble's temperature {ensemble.temperature} differs from the loss's "
+                f"{self.distill_loss.temperature}"
+            )
+        self.ensemble = ensemble
+
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        batch = self.state.batch
+        if self.ensemble is not None:
+            soft = self.ensemble.probabilities(self.state.output[Keys.IMAGE])
+        elif isinstance(batch, Mapping) and self.soft_key in batch:
+            soft = torch.as_tensor(batch[self.soft_key]).to(pred.device, non_blocking=self.non_blocking)
+        else:
+            raise KeyError(f"cached distillation needs '{self.soft_key}' in every batch (LoadSoftTargetd)")
+        labelled = batch.get(self.labelled_key) if isinstance(batch, Mapping) else None
+        total, parts = self.distill_loss(pred, soft, target, None if labelled is None else torch.as_tensor(labelled))
+        self.state.output["kd_loss"] = parts["kd"].detach()
+        self.state.output["seg_loss"] = parts["seg"].detach()
+        return total
+
+
 def run_pretraining(
     trainer: PretextTrainer, seg_net: torch.nn.Module, pretrained_file: str, metrics_file: str | None = None
 ) -> str:
     """Run the pre-training phase, write the U-Net's weights to ``pretrained_file`` (atomically) and
-    record the phase (epochs, last auxiliary loss, file) in the bundle's metrics.json."""
+    record the phase (epochs, last auxiliary loss, file) in the bundle's metrics.json.
+
+    Under torch.distributed only rank 0 writes, and every rank waits until the file is there."""
     trainer.run()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and torch.distributed.get_rank() > 0:
+        torch.distributed.barrier()
+        return pretrained_file
     with atomic_path(pretrained_file) as tmp:
         torch.save(seg_net.state_dict(), tmp)
+    if distributed:
+        torch.distributed.barrier()
     if metrics_file:
         last = {k: float(v) for k, v in trainer.state.metrics.items()}
         update_metrics_file(

@@ -84,6 +84,30 @@ class LoadMaskd(MapTransform):
         return d
 
 
+class MarkLabelledd(MapTransform):
+    """Flag each item as labelled or not (``labelled``: 1.0 / 0.0) and give unlabelled ones an all-zero label.
+
+    Distillation mixes labelled and unlabelled images in one batch; the flag tells the loss which
+    images the segmentation term applies to, and the zero label only makes the batch collate.
+    """
+
+    def __init__(self, label_key: str = "label", ref_key: str = "image", flag_key: str = "labelled") -> None:
+        super().__init__([label_key], allow_missing_keys=True)
+        self.label_key, self.ref_key, self.flag_key = label_key, ref_key, flag_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        has_label = torch.is_tensor(d.get(self.label_key))
+        if not has_label:
+            if d.get(self.label_key) is not None:
+                raise ValueError(f"{self.label_key} of {d.get(self.ref_key)} is not loaded: run LoadMaskd first")
+            ref = d[self.ref_key]
+            zeros = torch.zeros_like(torch.as_tensor(ref), dtype=torch.float32)
+            d[self.label_key] = MetaTensor(zeros, meta=dict(ref.meta)) if isinstance(ref, MetaTensor) else zeros
+        d[self.flag_key] = torch.tensor(1.0 if has_label else 0.0)
+        return d
+
+
 class SaveMaskd(MapTransform):
     """Write ``pred`` masks (rows, cols) next to nothing else: ``<output_dir>/<stem>_<postfix>.<ext>``.
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate the stage-1 bundles from the baseline bundle: one source of truth for eleven bundles.
+"""Generate the stage-1 and distillation bundles from the baseline bundle: one source of truth for twelve.
 
 ``bundles/baseline/configs/*.json`` is the template. Every variant below is the baseline plus a
 patch: the joint bundles swap in ``MultiTaskTrainer`` with an auxiliary loader, the pre-training
@@ -7,7 +7,7 @@ bundles add a ``pretrain`` phase whose weights seed the baseline recipe. A fix t
 pipeline is made once in the baseline and reaches every bundle by re-running this script; the
 output is committed, and ``--check`` (run by the tests) fails when it is out of date.
 
-    python scripts/generate_bundles.py          # write bundles/<task>_joint, <task>_pretrain, multitask_joint
+    python scripts/generate_bundles.py          # write bundles/<task>_joint, <task>_pretrain, multitask_joint, distill
     python scripts/generate_bundles.py --check  # exit 1 if any generated file differs
 """
 
@@ -192,12 +192,17 @@ def pretrain_train(variant: Variant) -> dict[str, Any]:
     cfg["pretrained_file"] = "$os.path.join(@ckpt_dir, 'pretrained.pt')"
     cfg["force_pretrain"] = False
     cfg["pretrain"] = _pretrain_block()
+    cfg["run"] = [*_pretrain_run_prefix(), *cfg["run"]]
+    return cfg
+
+
+def _pretrain_run_prefix() -> list[str]:
+    """What runs before the baseline's ``run`` steps: pre-train when needed, then load the weights."""
     run_if_needed = RUN_PRETRAINING + " if @force_pretrain or not os.path.isfile(@pretrained_file) else None"
     # loaded in place at run time (not when the network is built), so the workflow initialises and
     # passes its property checks before any pre-training exists; a resume checkpoint loads over it
     load = "$common.networks.with_pretrained(@network, @pretrained_file)"
-    cfg["run"] = [run_if_needed, load, *cfg["run"]]
-    return cfg
+    return [run_if_needed, load]
 
 
 def pretrain_only(train_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +231,7 @@ def multi_gpu(variant: Variant) -> dict[str, Any]:
         # pre-training never runs the segmentation head
         cfg["pretrain#trainer#network"] = {**ddp, "module": "@pretrain#network", "find_unused_parameters": True}
         cfg["train#trainer#network"] = {**ddp, "module": "@network"}
+        cfg["run"] = [*_pretrain_run_prefix(), *cfg["run"]]
     cfg["aux#sampler"] = {
         "_target_": "DistributedSampler",
         "dataset": "@aux#dataset",
@@ -341,6 +347,190 @@ def readme(variant: Variant) -> str:
     return "\n".join(lines)
 
 
+DISTILL = "distill"
+
+
+def _with_soft_key(augmentations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The baseline's augmentations, moving the soft target wherever they move the label."""
+    out = copy.deepcopy(augmentations)
+    for aug in out:
+        keys = aug.get("keys")
+        if isinstance(keys, list) and "label" in keys:
+            aug["keys"] = [*keys, "soft"]
+            if isinstance(aug.get("mode"), list):
+                aug["mode"] = [*aug["mode"], aug["mode"][keys.index("image")]]  # probabilities: like the image
+            aug["allow_missing_keys"] = True
+    return out
+
+
+def distill_train() -> dict[str, Any]:
+    """Baseline train.json with the student trained against the teacher ensemble (DistillationTrainer)."""
+    cfg = _load("train.json")
+    cfg.update(
+        teachers_file="$os.path.join(@ckpt_dir, 'teachers.json')",
+        teacher_tasks=[],
+        soft_targets="cached",
+        kd_loss_kind="bce",
+        temperature=1.0,
+        alpha=1.0,
+        use_unlabelled=True,
+    )
+    cfg["ensemble"] = (
+        "$common.teachers.load_ensemble(@teachers_file, @network_def, @device, @temperature, @teacher_tasks)"
+    )
+    cfg["distill_loss"] = {
+        "_target_": "common.kd.DistillationLoss",
+        "seg_loss": "@loss",
+        "kind": "@kd_loss_kind",
+        "temperature": "@temperature",
+        "alpha": "@alpha",
+    }
+    cfg["soft_target_cache"] = {
+        "_target_": "common.soft_targets.SoftTargetCache",
+        "transform": "@load_transforms",
+        "cache_dir": "@cache_dir",
+        "device": "@device",
+        "batch_size": "@batch_size",
+        "num_workers": "@num_workers",
+    }
+    train = cfg["train"]
+    train["augmentations"] = _with_soft_key(train["augmentations"])
+    train["mark_labelled"] = {"_target_": "common.transforms.MarkLabelledd"}
+    train["soft_target_loader"] = {"_target_": "common.soft_targets.LoadSoftTargetd", "cache": "@soft_target_cache"}
+    train["preprocessing"]["transforms"] = (
+        "$@load_transforms + [@train#mark_labelled] "
+        "+ ([@train#soft_target_loader] if @soft_targets == 'cached' else []) + @train#augmentations"
+    )
+    train["dataset"]["data"] = "$common.datalist.distillation_items(@datalist, @use_unlabelled)"
+    train["additional_metrics"] = {"kd_loss": _average("kd_loss"), "seg_loss": _average("seg_loss")}
+    train["trainer"].update(
+        _target_="common.engines.DistillationTrainer",
+        loss_function="@distill_loss",
+        additional_metrics="@train#additional_metrics",
+    )
+    cfg["run"] = [*_distill_run_prefix(), *cfg["run"]]
+    return cfg
+
+
+def _distill_run_prefix() -> list[str]:
+    """What runs before the baseline's ``run`` steps: check the selection, then set up the soft targets."""
+    prepare = (
+        "$common.soft_targets.prepare_soft_targets(@soft_targets, @ensemble, @soft_target_cache, @train#dataset.data, "
+        "'' if @non_main_rank else @metrics_file, "
+        "{'kd_loss': @kd_loss_kind, 'temperature': @temperature, 'alpha': @alpha, 'use_unlabelled': @use_unlabelled}, "
+        "@train#trainer)"
+    )
+    check = "$common.teachers.exit_unless_selection(@teachers_file, @teacher_tasks)"
+    return [check, prepare]
+
+
+def distill_multi_gpu() -> dict[str, Any]:
+    """The baseline's multi-GPU mixin with the distillation set-up ahead of its run steps."""
+    cfg = _load("multi_gpu_train.json")
+    cfg["run"] = [*_distill_run_prefix(), *cfg["run"]]
+    return cfg
+
+
+def evaluate_ensemble() -> dict[str, Any]:
+    """Mixin over train.json + evaluate.json: evaluate the plain teacher ensemble (T = 1) instead of the student."""
+    evaluate = _load("evaluate.json")
+    handlers = [h for h in evaluate["validate#handlers"] if not h["_target_"].endswith("CheckpointLoader")]
+    for h in handlers:
+        if h["_target_"].endswith("MetricsSaver"):
+            h["save_dir"] = "$os.path.join(@output_dir, 'ensemble_' + @eval_split)"
+        if h["_target_"].endswith("EvaluationMetricsWriter"):
+            h["section"] = "$'ensemble_' + @eval_split"
+            h["checkpoint"] = "@teachers_file"
+    return {
+        "network": "$common.teachers.load_ensemble(@teachers_file, @network_def, @device, 1.0, @teacher_tasks)",
+        "validate#handlers": handlers,
+    }
+
+
+def distill_metadata() -> dict[str, Any]:
+    """Baseline metadata for the distilled student."""
+    meta = _load("metadata.json")
+    meta["name"] = "Pneumothorax segmentation, stage-2 distilled student (2D U-Net)"
+    meta["description"] = (
+        "2D U-Net student distilled from the ensemble of the selected stage-1 teachers (mean of their sigmoid "
+        "probabilities) plus the segmentation loss on the labelled images: the final model of the two-stage "
+        "multi-task self-supervised method. The exported model is the plain U-Net."
+    )
+    meta["changelog"] = {
+        meta["version"]: "initial release: ensemble knowledge distillation, generated from the baseline"
+    }
+    return meta
+
+
+def distill_readme() -> str:
+    """docs/README.md of the distillation bundle."""
+    return "\n".join(
+        [
+            "# distill",
+            "",
+            f"_{GENERATED_NOTE}_",
+            "",
+            "Stage 2 of the two-stage method: one student U-Net (the baseline's architecture, from scratch) learns",
+            "from the ensemble of the teachers chosen by `scripts/select_teachers.py` (one per auxiliary task, the",
+            "better of its joint and pre-training bundles).",
+            "",
+            "- Soft target: the mean of the teachers' sigmoid probabilities at temperature `temperature`",
+            "  (`common.teachers.TeacherEnsemble`). Teachers are loaded from `models/teachers.json`; each",
+            "  checkpoint's sha256 is verified and the run stops at once, naming the file and the command to run,",
+            "  when the selection or a teacher is missing or changed.",
+            "- Loss (`common.kd.DistillationLoss`): `L_kd(student, ensemble) + alpha * L_seg(student, label)` on",
+            "  labelled images, `L_kd` alone on unlabelled training images (`use_unlabelled`, on by default: our",
+            "  extension). `kd_loss_kind`: `bce` (soft-target cross-entropy, default), `kl` or `mse`; all scaled",
+            "  by T^2. `L_seg` is the baseline's Dice + focal loss, averaged over the labelled images of a batch.",
+            "- `soft_targets`: `cached` (default) computes each training image's ensemble output once, at the",
+            "  training resolution before augmentation, into `cache/soft_targets/<key>/` (key: teachers' sha256,",
+            "  temperature, preprocessing; file: image path, size, mtime), and the augmentations move it with",
+            "  the image. `online` runs the teachers on every augmented batch. Cached is the default because a",
+            "  distillation epoch then costs what a baseline epoch costs (see the benchmark in the main README),",
+            "  while online mode pays N teacher forward passes per step; the two differ only in that the cached",
+            "  target of an augmented image is the augmented target of the original image.",
+            "- `teacher_tasks`: distil from a subset of the selection (default: every teacher listed).",
+            "",
+            "## Commands",
+            "",
+            "```bash",
+            "python scripts/select_teachers.py            # writes bundles/distill/models/teachers.json",
+            "python -m monai.bundle run --config_file bundles/distill/configs/train.json",
+            "python -m monai.bundle run --config_file \"['bundles/distill/configs/train.json',"
+            "'bundles/distill/configs/evaluate.json']\"",
+            "# the plain teacher ensemble (N networks at inference), same metrics:",
+            "python -m monai.bundle run --config_file \"['bundles/distill/configs/train.json',"
+            "'bundles/distill/configs/evaluate.json','bundles/distill/configs/evaluate_ensemble.json']\"",
+            "python -m monai.bundle run --config_file bundles/distill/configs/inference.json --input_dir <images>",
+            "```",
+            "",
+            "`models/model.pt` is the plain student U-Net: the baseline's `inference.json` loads it unchanged.",
+            "",
+        ]
+    )
+
+
+def render_distill() -> dict[str, str]:
+    """Every file of the distillation bundle."""
+    dump = lambda cfg: json.dumps(cfg, indent=4) + "\n"  # noqa: E731
+    files = {
+        "configs/train.json": dump(distill_train()),
+        "configs/evaluate_ensemble.json": dump(evaluate_ensemble()),
+        "configs/multi_gpu_train.json": dump(distill_multi_gpu()),
+        "configs/metadata.json": dump(distill_metadata()),
+        "docs/README.md": distill_readme(),
+    }
+    for same in (
+        "configs/evaluate.json",
+        "configs/inference.json",
+        "configs/logging.conf",
+        "LICENSE",
+    ):
+        files[same] = (BASELINE / same).read_text()
+    files["models/.gitkeep"] = ""
+    return files
+
+
 def render(variant: Variant) -> dict[str, str]:
     """Every file of the variant's bundle, by path relative to the bundle folder."""
     dump = lambda cfg: json.dumps(cfg, indent=4) + "\n"  # noqa: E731
@@ -365,9 +555,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="compare with the files on disk; write nothing")
     args = parser.parse_args(argv)
     stale = []
-    for variant in variants():
-        root = REPO / "bundles" / variant.name
-        for rel, text in render(variant).items():
+    bundles = {v.name: render(v) for v in variants()}
+    bundles[DISTILL] = render_distill()
+    for name, files in bundles.items():
+        root = REPO / "bundles" / name
+        for rel, text in files.items():
             path = root / rel
             if args.check:
                 if not path.is_file() or path.read_text() != text:
@@ -378,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         print("out of date (run python scripts/generate_bundles.py):\n  " + "\n  ".join(stale))
         return 1
-    print("bundles up to date" if args.check else f"wrote {len(variants())} bundles")
+    print("bundles up to date" if args.check else f"wrote {len(bundles)} bundles")
     return 0
 
 

@@ -62,6 +62,17 @@ def tiny_train_overrides(dataset_dir: Path, bundle_root: Path, epochs: int = 1) 
     ]
 
 
+def copy_bundle(name: str, dest: Path) -> Path:
+    """A clean copy of ``bundles/<name>`` (no cache, logs, outputs or trained models) at ``dest``."""
+    import shutil
+
+    shutil.copytree(REPO / "bundles" / name, dest, ignore=shutil.ignore_patterns("cache", "logs", "eval"))
+    for f in (dest / "models").iterdir():
+        if f.name != ".gitkeep":
+            f.unlink()
+    return dest
+
+
 def read_json(path: Path) -> dict:
     """Parse a JSON file."""
     return json.loads(Path(path).read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from monai.bundle import ConfigWorkflow
 from common.networks import seg_head_prefix
 from scripts.generate_bundles import main as generate
 from scripts.generate_bundles import variants
-from tests.conftest import REPO, read_json, run_bundle, run_torchrun, tiny_train_overrides
+from tests.conftest import REPO, copy_bundle, read_json, run_bundle, run_torchrun, tiny_train_overrides
 
 NAMES = [v.name for v in variants()]
 
@@ -36,18 +35,10 @@ def test_properties(name: str, tiny_siim: Path, tmp_path: Path) -> None:
         assert workflow.check_properties() == [], (name, config)
 
 
-def _copy(name: str, dest: Path) -> Path:
-    shutil.copytree(REPO / "bundles" / name, dest, ignore=shutil.ignore_patterns("cache", "logs", "eval"))
-    for f in (dest / "models").iterdir():
-        if f.name != ".gitkeep":
-            f.unlink()
-    return dest
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_cli_short_run_writes_model_and_metrics(name: str, tiny_siim: Path, tmp_path: Path) -> None:
-    bundle = _copy(name, tmp_path / name)
+    bundle = copy_bundle(name, tmp_path / name)
     overrides = [o for o in tiny_train_overrides(tiny_siim, bundle) if o not in ("--bundle_root", str(bundle))]
     extra = ["--pretrain_epochs", "1"] if name.endswith("_pretrain") else []
     run_bundle([bundle / "configs" / "train.json"], *overrides, "--labelled_fraction", "0.5", *extra, cwd=tmp_path)
@@ -63,7 +54,7 @@ def test_cli_short_run_writes_model_and_metrics(name: str, tiny_siim: Path, tmp_
 
 @pytest.mark.slow
 def test_pretrain_then_train_hands_the_weights_over(tiny_siim: Path, tmp_path: Path) -> None:
-    bundle = _copy("inpainting_pretrain", tmp_path / "b")
+    bundle = copy_bundle("inpainting_pretrain", tmp_path / "b")
     overrides = tiny_train_overrides(tiny_siim, bundle)
     run_bundle([bundle / "configs" / "pretrain.json"], *overrides, "--pretrain_epochs", "1", cwd=tmp_path)
     assert not (bundle / "models" / "model.pt").exists()  # the pre-training phase alone
@@ -94,10 +85,13 @@ def test_pretrain_then_train_hands_the_weights_over(tiny_siim: Path, tmp_path: P
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["rotation_joint", "genesis_pretrain"])
 def test_multi_gpu_mixin_trains_with_gloo_on_two_processes(name: str, tiny_siim: Path, tmp_path: Path) -> None:
-    bundle = _copy(name, tmp_path / name)
+    bundle = copy_bundle(name, tmp_path / name)
     configs = [bundle / "configs" / "train.json", bundle / "configs" / "multi_gpu_train.json"]
     overrides = [o for o in tiny_train_overrides(tiny_siim, bundle) if o not in ("--bundle_root", str(bundle))]
     run_torchrun(configs, *overrides, "--pretrain_epochs", "1", "--labelled_fraction", "0.5", cwd=tmp_path)
-    assert read_json(bundle / "models" / "metrics.json")["training"]["status"] == "complete"
+    metrics = read_json(bundle / "models" / "metrics.json")
+    assert metrics["training"]["status"] == "complete"
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert all(k.startswith("model.") for k in state)
+    if name.endswith("_pretrain"):  # both phases ran under torchrun
+        assert (bundle / "models" / "pretrained.pt").is_file() and metrics["pretraining"]["epochs"] == 1

@@ -1,0 +1,151 @@
+"""The stage-2 teachers: read the selection, verify and load each checkpoint, average them.
+
+``scripts/select_teachers.py`` writes the selection (``teachers.json``: task, mode, checkpoint path
+and its sha256 per teacher). Every problem stops the run at once with a message that names what is
+missing and the command that produces it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SELECT_COMMAND = "python scripts/select_teachers.py"
+TRAIN_HINT = (
+    "train the stage-1 bundles and select the teachers first "
+    f"(`python scripts/run_pipeline.py` does both, or train bundles/<task>_<mode> and run `{SELECT_COMMAND}`)"
+)
+
+
+class TeacherSelectionError(RuntimeError):
+    """The teacher selection or one of its checkpoints is missing, unreadable or altered."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_selection(selection_file: str | Path, tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The selected teachers (optionally only ``tasks``), with every checkpoint present and unaltered."""
+    path = Path(selection_file)
+    if not path.is_file():
+        raise TeacherSelectionError(f"no teacher selection: {path} does not exist; {TRAIN_HINT}")
+    try:
+        entries = json.loads(path.read_text())["teachers"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise TeacherSelectionError(f"{path} is not a teacher selection ({e}); re-run `{SELECT_COMMAND}`") from e
+    if tasks:
+        known = {e["task"] for e in entries}
+        unknown = [t for t in tasks if t not in known]
+        if unknown:
+            raise TeacherSelectionError(
+                f"{path} has no teacher for {unknown} (it lists {sorted(known)}); "
+                f"train those bundles and re-run `{SELECT_COMMAND}`, or leave them out of teacher_tasks"
+            )
+        entries = [e for e in entries if e["task"] in tasks]
+    if not entries:
+        raise TeacherSelectionError(f"{path} lists no teacher; {TRAIN_HINT}")
+    for entry in entries:
+        checkpoint = Path(entry["checkpoint"])
+        name = f"teacher {entry['task']} ({entry.get('bundle', entry.get('mode'))})"
+        if not checkpoint.is_file():
+            raise TeacherSelectionError(
+                f"{name}: checkpoint {checkpoint} does not exist; retrain {entry.get('bundle', 'its bundle')} "
+                f"and re-run `{SELECT_COMMAND}`"
+            )
+        actual = file_sha256(checkpoint)
+        if actual != entry["sha256"]:
+            raise TeacherSelectionError(
+                f"{name}: checkpoint {checkpoint} has sha256 {actual[:16]}..., the selection recorded "
+                f"{entry['sha256'][:16]}... (the model changed after selection); re-run `{SELECT_COMMAND}`"
+            )
+    return entries
+
+
+def load_teacher(entry: dict[str, Any], network_def: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """One selected teacher as a frozen copy of ``network_def`` (eval mode) on ``device``."""
+    net = copy.deepcopy(network_def)
+    state = torch.load(entry["checkpoint"], map_location="cpu", weights_only=True)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise TeacherSelectionError(
+            f"teacher {entry['task']}: {entry['checkpoint']} does not fit this bundle's network_def ({e})"
+        ) from e
+    return net.to(device).eval().requires_grad_(False)
+
+
+class TeacherEnsemble(torch.nn.Module):
+    """The frozen teachers as one network: mean of their sigmoid probabilities at temperature T.
+
+    ``probabilities(x)`` is the soft target. ``forward(x)`` returns its logit, so the ensemble is a
+    drop-in ``network`` for the baseline's evaluation and inference configs (sigmoid, threshold 0.5).
+    """
+
+    def __init__(self, teachers: Sequence[torch.nn.Module], temperature: float = 1.0) -> None:
+        super().__init__()
+        if not teachers:
+            raise ValueError("an ensemble needs at least one teacher")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.teachers = torch.nn.ModuleList(teachers)
+        self.temperature = float(temperature)
+        self.fingerprint: list[str] = []  # the checkpoints' sha256 values when loaded from a selection
+        self.tasks: list[str] = []
+        self.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TeacherEnsemble:
+        """Teachers stay in eval mode (frozen batch-norm statistics) whatever the caller asks."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of ``sigmoid(teacher(x) / T)`` over the teachers."""
+        total = None
+        for teacher in self.teachers:
+            p = torch.sigmoid(teacher(x).float() / self.temperature)
+            total = p if total is None else total + p
+        return total / len(self.teachers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.logit(self.probabilities(x), eps=1e-6)
+
+
+def load_ensemble(
+    selection_file: str | Path,
+    network_def: torch.nn.Module,
+    device: torch.device | str,
+    temperature: float = 1.0,
+    tasks: Sequence[str] = (),
+) -> TeacherEnsemble:
+    """``TeacherEnsemble`` of the verified teachers in ``selection_file`` (``tasks``: a subset, default all).
+
+    Its ``fingerprint`` (the checkpoints' sha256 values) identifies it, e.g. in cache keys.
+    """
+    entries = read_selection(selection_file, tasks)
+    ensemble = TeacherEnsemble([load_teacher(e, network_def, device) for e in entries], temperature)
+    ensemble.fingerprint = [e["sha256"] for e in entries]
+    ensemble.tasks = [e["task"] for e in entries]
+    return ensemble
+
+
+def exit_unless_selection(selection_file: str | Path, tasks: Sequence[str] = ()) -> int:
+    """Stop the bundle at once, with only the message (no traceback), when the selection is unusable.
+
+    Raises ``SystemExit``, which MONAI's config evaluation does not wrap; returns the teacher count.
+    """
+    try:
+        return len(read_selection(selection_file, tasks))
+    except TeacherSelectionError as e:
+        raise SystemExit(f"error: {e}") from None
