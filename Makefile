@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   creates .venv, installs the pinned requirements, writes the synthetic demo data
-#               and runs the main job on it
+#               and runs the main job on it (scripts/run_pipeline.py at demo scale)
 #   make test   same environment, runs ruff and the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,8 +23,9 @@ demo-data: venv $(DEMO_DIR)/train-rle.csv
 $(DEMO_DIR)/train-rle.csv:
 	$(PY) scripts/make_demo_data.py --out $(DEMO_DIR)
 
+# the whole two-stage protocol at demo scale (about 10 minutes on 2 CPU cores); prints the report's path
 demo: demo-data
-	$(PY) scripts/run_demo.py
+	$(PY) scripts/run_pipeline.py --scale demo --labelled-fraction 0.3 --out runs/demo
 
 lint: venv
 	$(PY) -m ruff check .

@@ -4,7 +4,22 @@ Bundle configs write ``$import common`` and then refer to ``common.<module>.<nam
 module they use is imported here (a ``$import common.x`` would bind ``common.x``, not ``common``).
 """
 
-from common import bundle, cache, datalist, engines, handlers, imaging, io, networks, rle, ssl, transforms
+from common import (
+    bundle,
+    cache,
+    datalist,
+    engines,
+    handlers,
+    imaging,
+    io,
+    kd,
+    networks,
+    rle,
+    soft_targets,
+    ssl,
+    teachers,
+    transforms,
+)
 
 __all__ = [
     "bundle",
@@ -14,8 +29,11 @@ __all__ = [
     "handlers",
     "imaging",
     "io",
+    "kd",
     "networks",
     "rle",
+    "soft_targets",
     "ssl",
+    "teachers",
     "transforms",
 ]

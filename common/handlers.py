@@ -77,6 +77,7 @@ class TrainingMetricsWriter:
         self.best_saver = best_saver
         self.extra = extra or {}
         self.config = running_config()
+        self.history: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
         """Register on the trainer's first epoch, epoch ends, completion and failure."""
@@ -104,9 +105,13 @@ class TrainingMetricsWriter:
         resumed = engine.state.epoch > 1
         sections: dict[str, Any] = {"training": self._training(engine, "running"), "config": self.config}
         if resumed:
-            self._restore_best(read_metrics_file(self.filepath).get("validation") or {})
+            previous = read_metrics_file(self.filepath)
+            self._restore_best(previous.get("validation") or {})
+            self.history = [h for h in previous.get("history") or [] if h.get("epoch", 0) <= engine.state.epoch]
         else:
             sections["validation"] = None  # a fresh run must not show an older run's numbers
+            self.history = []
+        sections["history"] = self.history
         update_metrics_file(self.filepath, **sections)
 
     def _restore_best(self, validation: dict[str, Any]) -> None:
@@ -121,12 +126,18 @@ class TrainingMetricsWriter:
 
     def epoch_completed(self, engine: Engine) -> None:
         state = self.evaluator.state
-        if getattr(state, "best_metric_epoch", -1) != engine.state.epoch or not state.metrics:
-            update_metrics_file(self.filepath, training=self._training(engine, "running"))
-            return
-        validation = {k: _clean(v) for k, v in state.metrics.items()}
-        validation.update(best_epoch=engine.state.epoch, n_images=_n_images(self.evaluator))
-        update_metrics_file(self.filepath, training=self._training(engine, "running"), validation=validation)
+        sections: dict[str, Any] = {"training": self._training(engine, "running")}
+        validated = getattr(state, "epoch", None) == engine.state.epoch and bool(state.metrics)
+        if validated:  # the learning curve: one point per validation
+            point = {"epoch": engine.state.epoch, **{k: _clean(v) for k, v in state.metrics.items()}}
+            point.update({f"train_{k}" if k != "train_loss" else k: _clean(v) for k, v in engine.state.metrics.items()})
+            self.history.append(point)
+            sections["history"] = self.history
+        if validated and getattr(state, "best_metric_epoch", -1) == engine.state.epoch:
+            validation = {k: _clean(v) for k, v in state.metrics.items()}
+            validation.update(best_epoch=engine.state.epoch, n_images=_n_images(self.evaluator))
+            sections["validation"] = validation
+        update_metrics_file(self.filepath, **sections)
 
     def completed(self, engine: Engine) -> None:
         update_metrics_file(self.filepath, training=self._training(engine, "complete"))

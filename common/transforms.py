@@ -104,7 +104,9 @@ class MarkLabelledd(MapTransform):
             ref = d[self.ref_key]
             zeros = torch.zeros_like(torch.as_tensor(ref), dtype=torch.float32)
             d[self.label_key] = MetaTensor(zeros, meta=dict(ref.meta)) if isinstance(ref, MetaTensor) else zeros
-        d[self.flag_key] = torch.tensor(1.0 if has_label else 0.0)
+        # a plain float: it collates to a tensor and, unlike a tensor, stays the same type through the
+        # persistent cache (which turns tensors into MetaTensors), so fresh and cached items batch together
+        d[self.flag_key] = 1.0 if has_label else 0.0
         return d
 
 

@@ -11,6 +11,7 @@ of the bundle's epoch-2 time spent waiting for a batch (target <= 10%), with the
 other processes measured over each run (figures taken while the machine was busy are flagged).
 
     python scripts/benchmark.py --image-size 256 --batch-size 8 --workers 0 1 2
+    python scripts/benchmark.py --only distill   # distillation epoch: cached vs online vs baseline
 """
 
 from __future__ import annotations
@@ -239,6 +240,81 @@ def bench_step(bundle: str, dataset_dir: Path, image_size: int, batch_size: int,
     return {"step_s": statistics.median(steps), "pretext_share": statistics.median(shares)}
 
 
+def _selection_of_random_teachers(root: Path, n: int) -> Path:
+    """A teachers.json of ``n`` randomly initialised baseline U-Nets (cost, not quality, is measured)."""
+    import json
+
+    from monai.bundle import ConfigParser
+
+    from common.teachers import file_sha256
+
+    parser = ConfigParser()
+    parser.read_config(str(TRAIN_CONFIG))
+    entries = []
+    for i in range(n):
+        torch.manual_seed(i)
+        path = root / f"teacher{i}.pt"
+        torch.save(ConfigParser(parser.get()).get_parsed_content("network_def").state_dict(), path)
+        entries.append({"task": f"t{i}", "mode": "joint", "checkpoint": str(path), "sha256": file_sha256(path)})
+    selection = root / "teachers.json"
+    selection.write_text(json.dumps({"teachers": entries}))
+    return selection
+
+
+def bench_epoch(bundle: str, args: argparse.Namespace, root: Path, **overrides: Any) -> float:
+    """Median seconds of a training epoch (no validation) after one warm-up epoch that fills the caches."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=str(REPO / "bundles" / bundle / "configs" / "train.json"),
+        workflow_type="train",
+        bundle_root=str(root / bundle),
+        dataset_dir=str(args.dataset_dir),
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        num_workers=0,
+        epochs=args.repeats + 1,
+        val_interval=10_000,
+        cache_dir=str(root / "cache"),
+        **overrides,
+    )
+    workflow.initialize()
+    run = workflow.parser["run"]
+    for i, step in enumerate(run):  # the bundle's own set-up steps (teacher check, soft targets), not training
+        if "soft_targets" in step or "teachers" in step:
+            workflow.parser.get_parsed_content(f"run#{i}")
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    times, clock = [], {}
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: clock.update(t0=time.perf_counter()))
+
+    def completed(engine) -> None:
+        if engine.state.epoch > 1:
+            times.append(time.perf_counter() - clock["t0"])
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, completed)
+    trainer.run()
+    return statistics.median(times)
+
+
+def distill_table(args: argparse.Namespace) -> None:
+    """Distillation epoch with cached soft targets vs online teachers vs a baseline epoch (same images)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        selection = _selection_of_random_teachers(root, args.teachers)
+        # every training image labelled: the three epochs then cover exactly the same images
+        common = {"labelled_fraction": 1.0}
+        base = bench_epoch("baseline", args, root, **common)
+        cached = bench_epoch("distill", args, root, teachers_file=str(selection), soft_targets="cached", **common)
+        online = bench_epoch("distill", args, root, teachers_file=str(selection), soft_targets="online", **common)
+    size = f"{args.image_size}x{args.image_size}"
+    print(f"\ndistillation epoch, {args.teachers} teachers, {size}, batch {args.batch_size}, all images labelled")
+    print(f"{'epoch':<22} {'s':>7} {'vs baseline':>11}")
+    for name, value in (("baseline", base), ("distill, cached", cached), ("distill, online", online)):
+        print(f"{name:<22} {value:>7.1f} {value / base:>10.2f}x")
+    print("target: cached distillation epoch <= 1.2x the baseline epoch")
+
+
 def stage1_table(args: argparse.Namespace) -> None:
     """Step time of every joint bundle relative to the baseline's step (target <= 1.6x)."""
     bundles = ["baseline", *sorted(p.name for p in (REPO / "bundles").iterdir() if p.name.endswith("_joint"))]
@@ -263,11 +339,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stage1", action="store_true", help="also time every joint bundle's step against the baseline"
     )
+    parser.add_argument("--distill", action="store_true", help="also time distillation epochs (cached, online)")
+    parser.add_argument("--teachers", type=int, default=5, help="teachers in the distillation benchmark")
+    parser.add_argument("--only", choices=["stage1", "distill"], help="run only that table")
     args = parser.parse_args(argv)
     if not (args.dataset_dir / "train-rle.csv").is_file():
         print(f"{args.dataset_dir} missing: generating the demo data there")
         make_demo_siim(args.dataset_dir)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    if args.only:
+        (stage1_table if args.only == "stage1" else distill_table)(args)
+        return 0
     print(f"baseline trainer, {args.image_size}x{args.image_size}, batch {args.batch_size}, data {args.dataset_dir}")
     header = f"{'workers':>7} {'bundle img/s':>12} {'hand img/s':>10} {'ratio':>6} {'data wait':>9} {'other load':>10}"
     print(header)
@@ -281,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     print("targets: ratio >= 0.9, data wait <= 10% (epoch 2, cache warm); 'other load' = cores used by other processes")
     if args.stage1:
         stage1_table(args)
+    if args.distill:
+        distill_table(args)
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigWorkflow, ckpt_export
 
 from scripts.select_teachers import main as select_teachers
 from tests.conftest import REPO, copy_bundle, read_json, run_bundle, run_torchrun, tiny_train_overrides
@@ -68,6 +68,18 @@ def test_distill_trains_the_student_and_evaluates_the_ensemble(distill_setup: Pa
     assert all(k.startswith("model.") for k in state)  # the plain student U-Net
     n_train = counts["training_labelled"] + counts["training_unlabelled"]
     assert len(list((bundle / "cache" / "soft_targets").glob("*/*.npy"))) == n_train
+    ts = bundle / "models" / "model.ts"  # the student exports to TorchScript like every bundle
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(ts),
+        ckpt_file=str(bundle / "models" / "model.pt"),
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=str(bundle / "configs" / "inference.json"),
+        bundle_root=str(bundle),
+        input_shape=[1, 1, 64, 64],
+        use_trace=True,
+    )
+    assert torch.jit.load(str(ts))(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
     configs = [bundle / "configs" / c for c in ("train.json", "evaluate.json", "evaluate_ensemble.json")]
     run_bundle(configs, *overrides, cwd=bundle.parent)
     metrics = read_json(bundle / "models" / "metrics.json")

@@ -79,7 +79,7 @@ def _cached(items: list[dict], cache: Path, size: int) -> PersistentDataset:
         ]
     )
     return PersistentDataset(
-        items, transform, cache_dir=cache, hash_func=source_aware_hash, hash_transform=pickle_hashing
+        items, transform, cache_dir=cache, hash_func=source_aware_hash, hash_transform=pickle_hashing, track_meta=True
     )
 
 
@@ -92,8 +92,11 @@ def test_cache_is_keyed_by_resolution_and_source(tmp_path: Path, tiny_siim: Path
         return [ds[i] for i in range(len(ds))]
 
     assert load_all(32)[0]["image"].shape == (1, 32, 32) and len(list(cache.iterdir())) == 2
-    assert load_all(32)[1]["image"].shape == (1, 32, 32)
-    assert len(list(cache.iterdir())) == 2  # reused
+    stamps = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
+    again = load_all(32)
+    assert again[1]["image"].shape == (1, 32, 32)
+    assert {p: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps  # read back, not recomputed
+    assert again[0]["image"].meta["filename_or_obj"] == items[0]["image"]  # with its metadata
     assert load_all(48)[0]["image"].shape == (1, 48, 48)
     assert len(list(cache.iterdir())) == 4  # a new resolution gets new entries
     st = os.stat(items[0]["image"])

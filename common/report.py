@@ -1,0 +1,274 @@
+"""The pipeline's report: ``results.json``, ``report.md`` and its figures, from the run's metrics.json files.
+
+Rows: the baseline, every stage-1 variant, each task's teacher (the chosen mode, per seed),
+``multitask_joint``, the plain teacher ensemble and the distilled student. Numbers are test-split
+metrics (competition Dice, Dice over positive images, IoU), mean and standard deviation over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.handlers import read_metrics_file
+from common.io import atomic_path, atomic_write_json
+
+METRICS = ("dice", "dice_positive", "iou")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _metrics_of(model_dir: str | Path) -> dict[str, Any]:
+    return read_metrics_file(Path(model_dir) / "models" / "metrics.json")
+
+
+def collect(seeds: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
+    """Per row, per seed: validation and test metrics, learning curve, source folder."""
+    rows: dict[str, dict[int, dict[str, Any]]] = {}
+
+    def put(row: str, seed: int, val: dict | None, test: dict | None, history: list | None, src: str) -> None:
+        rows.setdefault(row, {})[seed] = {"val": val or {}, "test": test or {}, "history": history or [], "dir": src}
+
+    for run in seeds:
+        seed = run["seed"]
+        for name, folder in run["models"].items():
+            m = _metrics_of(folder)
+            row = "student (distill)" if name == "distill" else name
+            put(row, seed, m.get("validation"), m.get("test"), m.get("history"), folder)
+            if name == "distill":
+                put("teacher ensemble", seed, None, m.get("ensemble_test"), None, folder)
+        for teacher in run["teachers"]:
+            source = rows.get(teacher["bundle"], {}).get(seed)
+            if source:
+                rows.setdefault(f"teacher {teacher['task']}", {})[seed] = {**source, "mode": teacher["mode"]}
+    order = ["baseline"]
+    order += sorted(r for r in rows if r.endswith(("_joint", "_pretrain")) and r != "multitask_joint")
+    order += sorted(r for r in rows if r.startswith("teacher ") and r != "teacher ensemble")
+    order += ["multitask_joint", "teacher ensemble", "student (distill)"]
+    return {r: rows[r] for r in order if r in rows}
+
+
+def _stats(values: list[float]) -> dict[str, Any]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": round(statistics.fmean(values), 4), "std": round(std, 4), "n": len(values)}
+
+
+def summarise(rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Mean/std over seeds of every test and validation metric, per row."""
+    out = {}
+    for row, per_seed in rows.items():
+        entry = {f"test_{k}": _stats([s["test"].get(k) for s in per_seed.values()]) for k in METRICS}
+        entry.update({f"val_{k}": _stats([s["val"].get(k) for s in per_seed.values()]) for k in METRICS})
+        modes = [s.get("mode") for s in per_seed.values() if s.get("mode")]
+        if modes:
+            entry["chosen_modes"] = modes
+        out[row] = entry
+    return out
+
+
+def _fmt(stat: dict[str, Any]) -> str:
+    if stat["mean"] is None:
+        return "-"
+    return f"{stat['mean']:.3f}" if stat["n"] < 2 else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def results_table(summary: dict[str, dict[str, Any]]) -> str:
+    """The markdown results table (test metrics, validation Dice)."""
+    lines = [
+        "| model | test dice | test dice (positive) | test IoU | val dice |",
+        "|---|---|---|---|---|",
+    ]
+    for row, s in summary.items():
+        name = row
+        if s.get("chosen_modes"):
+            name += f" ({', '.join(sorted(set(s['chosen_modes'])))})"
+        lines.append(
+            f"| {name} | {_fmt(s['test_dice'])} | {_fmt(s['test_dice_positive'])} | {_fmt(s['test_iou'])} | "
+            f"{_fmt(s['val_dice'])} |"
+        )
+    return "\n".join(lines)
+
+
+def _save(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+
+
+def plot_test_dice(summary: dict[str, dict[str, Any]], path: Path) -> None:
+    """Horizontal bars of mean test Dice per model with the standard deviation over seeds."""
+    import matplotlib.pyplot as plt
+
+    names = [r for r, s in summary.items() if s["test_dice"]["mean"] is not None]
+    means = [summary[r]["test_dice"]["mean"] for r in names]
+    stds = [summary[r]["test_dice"]["std"] for r in names]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
+    colours = ["tab:gray" if r == "baseline" else "tab:green" if r.startswith("student") else "tab:blue" for r in names]
+    ax.barh(range(len(names)), means, xerr=stds, color=colours, capsize=3)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("test Dice (competition rule), mean ± std over seeds")
+    ax.set_xlim(0, 1)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_curves(rows: dict[str, dict[int, dict[str, Any]]], path: Path) -> None:
+    """Validation Dice per epoch of every trained model (first seed)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for row, per_seed in rows.items():
+        if row.startswith("teacher"):
+            continue
+        history = next(iter(per_seed.values()))["history"]
+        if history:
+            ax.plot([h["epoch"] for h in history], [h.get("dice") for h in history], label=row, lw=1.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation Dice")
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def predict_masks(model_files: dict[str, Any], images: list[str], image_size: int) -> tuple[np.ndarray, dict]:
+    """Images (N, H, W) at the training resolution and each model's post-processed masks on them.
+
+    ``model_files``: name -> a ``model.pt`` path or ``("ensemble", teachers.json)``. The network,
+    preprocessing and post-processing come from the baseline bundle's config.
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    from common.teachers import load_ensemble
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "baseline" / "configs" / "train.json"))
+    parser["image_size"] = image_size
+    load = parser.get_parsed_content("load_transforms")
+    post = parser.get_parsed_content("postprocessing")
+    batch = []
+    for path in images:
+        item = {"image": path}
+        for t in load:
+            item = t(item)
+        batch.append(item["image"])
+    x = torch.stack([torch.as_tensor(b) for b in batch])
+    masks = {}
+    for name, source in model_files.items():
+        network_def = ConfigParser(parser.get()).get_parsed_content("network_def")
+        if isinstance(source, tuple):
+            net = load_ensemble(source[1], network_def, "cpu", 1.0)
+        else:
+            network_def.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+            net = network_def
+        net.eval()
+        with torch.no_grad():
+            logits = net(x)
+        masks[name] = np.stack([np.asarray(post({"pred": p})["pred"])[0] for p in logits])
+    return x[:, 0].numpy(), masks
+
+
+def plot_overlays(images: np.ndarray, truth: np.ndarray, masks: dict[str, np.ndarray], path: Path) -> None:
+    """Grid: one test image per row; columns truth and each model, prediction in colour over the image."""
+    import matplotlib.pyplot as plt
+
+    cols = ["truth", *masks]
+    fig, axes = plt.subplots(len(images), len(cols), figsize=(1.8 * len(cols), 1.8 * len(images)), squeeze=False)
+    for i, image in enumerate(images):
+        for j, col in enumerate(cols):
+            mask = truth[i] if col == "truth" else masks[col][i]
+            ax = axes[i][j]
+            ax.imshow(image, cmap="gray")
+            ax.imshow(np.ma.masked_where(mask < 0.5, mask), cmap="autumn", alpha=0.5, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(col, fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _overlay_figure(out: Path, run: dict[str, Any], image_size: int, n: int = 4) -> bool:
+    """The overlay grid for the first seed's first ``n`` test images (positives first)."""
+    from common.datalist import load_datalist
+    from common.transforms import LoadMaskd, LoadXrayd
+
+    models = run["models"]
+    student = Path(models["distill"]) / "models" / "model.pt"
+    baseline = Path(models["baseline"]) / "models" / "model.pt"
+    teachers_file = Path(run["dir"]) / "teachers.json"
+    if not (student.is_file() and baseline.is_file() and teachers_file.is_file()):
+        return False
+    test = load_datalist(Path(run["dir"]) / "datalist.json")["test"]
+    test = sorted(test, key=lambda it: not it.get("positive", True))[:n]
+    images, masks = predict_masks(
+        {"baseline": baseline, "teacher ensemble": ("ensemble", teachers_file), "student": student},
+        [it["image"] for it in test],
+        image_size,
+    )
+    from monai.transforms import Resize
+
+    truth = []
+    for it in test:
+        d = LoadMaskd()(LoadXrayd()(it))
+        truth.append(np.asarray(Resize((image_size, image_size), mode="nearest")(d["label"]))[0])
+    plot_overlays(images, np.stack(truth), masks, out / "overlays.png")
+    return True
+
+
+def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str, Any]) -> str:
+    """Write results.json, report.md and the figures under ``out``; return the results table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = collect(seeds)
+    summary = summarise(rows)
+    table = results_table(summary)
+    plot_test_dice(summary, out / "test_dice.png")
+    plot_curves(rows, out / "curves.png")
+    baseline_config = json.loads((REPO / "bundles" / "baseline" / "configs" / "train.json").read_text())
+    image_size = int(settings.get("overrides", {}).get("image_size", baseline_config["image_size"]))
+    has_overlays = _overlay_figure(out, seeds[0], image_size)
+    per_seed = {
+        str(seed): {row: {k: v for k, v in s.items() if k != "history"} for row, per in rows.items()
+                    for sd, s in per.items() if sd == seed}
+        for seed in [r["seed"] for r in seeds]
+    }  # fmt: skip
+    atomic_write_json(
+        out / "results.json",
+        {"settings": settings, "summary": summary, "per_seed": per_seed, "selection": {
+            str(r["seed"]): {t["task"]: t["mode"] for t in r["teachers"]} for r in seeds}},
+    )  # fmt: skip
+    seeds_txt = ", ".join(str(r["seed"]) for r in seeds)
+    lines = [
+        "# Two-stage multi-task SSL: results",
+        "",
+        f"Dataset `{settings['dataset_dir']}`, {settings['labelled_fraction']:.0%} of the training images labelled, "
+        f"seeds {seeds_txt} (split and training seeded alike), scale `{settings['scale']}` "
+        f"(overrides {json.dumps(settings['overrides'])}); wall time {settings['wall_time_s']:.0f} s.",
+        "Test-split metrics: Dice with the SIIM-ACR rule (empty truth and empty prediction score 1), Dice over",
+        "images with a positive truth, IoU; mean ± std over seeds. Teachers: each task's better mode on",
+        "validation Dice (the mode chosen per seed in brackets).",
+        "",
+        table,
+        "",
+        "![test Dice per model](test_dice.png)",
+        "",
+        "Validation Dice during training (first seed):",
+        "",
+        "![learning curves](curves.png)",
+        "",
+    ]
+    if has_overlays:
+        lines += ["Test images (first seed), prediction in colour:", "", "![predictions](overlays.png)", ""]
+    lines += ["Machine-readable: `results.json`. Per-bundle logs: `logs/`.", ""]
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text("\n".join(lines))
+    return table
