@@ -76,9 +76,29 @@ def demo_data_dir(name: str = "siim") -> str:
     return str(REPO_ROOT / "demo_data" / name)
 
 
-def latest_checkpoint(ckpt_dir: str) -> str:
-    """The resumable checkpoint with the highest epoch in ``ckpt_dir`` (``checkpoint_epoch=N.pt``)."""
-    found = sorted(Path(ckpt_dir).glob("checkpoint_epoch=*.pt"), key=lambda p: int(p.stem.split("=")[-1]))
+def _checkpoints(ckpt_dir: str, prefix: str = "") -> list[Path]:
+    """``<prefix>checkpoint_epoch=N.pt`` files in ``ckpt_dir``, lowest epoch first."""
+    found = Path(ckpt_dir).glob(f"{prefix}checkpoint_epoch=*.pt")
+    return sorted(found, key=lambda p: int(p.stem.split("=")[-1]))
+
+
+def has_checkpoint(ckpt_dir: str, prefix: str = "") -> bool:
+    """Whether ``ckpt_dir`` holds a resumable checkpoint (``<prefix>checkpoint_epoch=N.pt``)."""
+    return bool(_checkpoints(ckpt_dir, prefix))
+
+
+def latest_checkpoint(ckpt_dir: str, prefix: str = "") -> str:
+    """The resumable checkpoint with the highest epoch in ``ckpt_dir`` (``<prefix>checkpoint_epoch=N.pt``)."""
+    found = _checkpoints(ckpt_dir, prefix)
     if not found:
-        raise FileNotFoundError(f"resume requested but {ckpt_dir} has no checkpoint_epoch=*.pt: train without --resume")
+        raise FileNotFoundError(
+            f"resume requested but {ckpt_dir} has no {prefix}checkpoint_epoch=*.pt: train without --resume"
+        )
     return str(found[-1])
+
+
+def require_resumable(ckpt_dir: str, prefixes: list[str]) -> None:
+    """Fail clearly when ``--resume true`` finds none of the phases' checkpoints in ``ckpt_dir``."""
+    if not any(has_checkpoint(ckpt_dir, p) for p in prefixes):
+        names = " or ".join(f"{p}checkpoint_epoch=*.pt" for p in prefixes)
+        raise FileNotFoundError(f"resume requested but {ckpt_dir} has no {names}: train without --resume")

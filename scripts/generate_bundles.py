@@ -128,6 +128,17 @@ def joint_train(variant: Variant) -> dict[str, Any]:
     return cfg
 
 
+PRETRAIN_STATE = {
+    "model": "@pretrain#network",
+    "optimizer": "@pretrain#optimizer",
+    "lr_scheduler": "@pretrain#lr_scheduler",
+    "trainer": "@pretrain#trainer",
+}
+PRETRAIN_RESUMABLE = "@resume and common.bundle.has_checkpoint(@ckpt_dir, 'pretrain_')"
+FINETUNE_RESUMABLE = "@resume and common.bundle.has_checkpoint(@ckpt_dir)"
+BASELINE_LOADER_STEP = "$@train#checkpoint_loader.attach(@train#trainer) if @resume else None"
+
+
 def _pretrain_block() -> dict[str, Any]:
     """The pre-training phase: its own copy of the U-Net with the task heads, optimiser and trainer."""
     handlers = [
@@ -160,6 +171,24 @@ def _pretrain_block() -> dict[str, Any]:
         },
         "key_metric": {"aux_loss": _average("aux_loss")},
         "handlers": handlers,
+        # per-epoch resumable state of the phase (network with heads, optimiser, schedule, epoch), next
+        # to the fine-tuning checkpoints under another prefix; `--resume true` continues either phase
+        "checkpoint_saver": {
+            "_target_": "CheckpointSaver",
+            "_disabled_": "@non_main_rank",
+            "save_dir": "@ckpt_dir",
+            "file_prefix": "pretrain",
+            "save_dict": PRETRAIN_STATE,
+            "save_interval": 1,
+            "n_saved": 1,
+        },
+        "checkpoint_loader": {
+            "_target_": "CheckpointLoader",
+            "_disabled_": f"$not ({PRETRAIN_RESUMABLE})",
+            "load_path": f"$common.bundle.latest_checkpoint(@ckpt_dir, 'pretrain_') if {PRETRAIN_RESUMABLE} else ''",
+            "load_dict": PRETRAIN_STATE,
+            "map_location": "@device",
+        },
         "trainer": {
             "_target_": "common.engines.PretextTrainer",
             "device": "@device",
@@ -192,8 +221,20 @@ def pretrain_train(variant: Variant) -> dict[str, Any]:
     cfg["pretrained_file"] = "$os.path.join(@ckpt_dir, 'pretrained.pt')"
     cfg["force_pretrain"] = False
     cfg["pretrain"] = _pretrain_block()
-    cfg["run"] = [*_pretrain_run_prefix(), *cfg["run"]]
+    cfg["run"] = [*_pretrain_run_prefix(), *_finetune_steps(cfg["run"])]
+    loader = cfg["train"]["checkpoint_loader"]
+    loader["_disabled_"] = f"$not ({FINETUNE_RESUMABLE})"
+    loader["load_path"] = f"$common.bundle.latest_checkpoint(@ckpt_dir) if {FINETUNE_RESUMABLE} else ''"
     return cfg
+
+
+def _pretrain_checkpointing() -> list[str]:
+    """Attach the pre-training phase's per-epoch saver, and its loader when resuming that phase."""
+    return [
+        "$common.bundle.require_resumable(@ckpt_dir, ['', 'pretrain_']) if @resume else None",
+        "$@pretrain#checkpoint_saver.attach(@pretrain#trainer) if not @non_main_rank else None",
+        f"$@pretrain#checkpoint_loader.attach(@pretrain#trainer) if {PRETRAIN_RESUMABLE} else None",
+    ]
 
 
 def _pretrain_run_prefix() -> list[str]:
@@ -202,13 +243,22 @@ def _pretrain_run_prefix() -> list[str]:
     # loaded in place at run time (not when the network is built), so the workflow initialises and
     # passes its property checks before any pre-training exists; a resume checkpoint loads over it
     load = "$common.networks.with_pretrained(@network, @pretrained_file)"
-    return [run_if_needed, load]
+    return [*_pretrain_checkpointing(), run_if_needed, load]
+
+
+def _finetune_steps(run: list[str]) -> list[str]:
+    """The baseline's run steps, resuming fine-tuning only when it has a checkpoint (the interrupted
+    phase may have been the pre-training)."""
+    resume_step = f"$@train#checkpoint_loader.attach(@train#trainer) if {FINETUNE_RESUMABLE} else None"
+    if BASELINE_LOADER_STEP not in run:
+        raise ValueError(f"the baseline's run list no longer has {BASELINE_LOADER_STEP!r}: update the generator")
+    return [resume_step if step == BASELINE_LOADER_STEP else step for step in run]
 
 
 def pretrain_only(train_cfg: dict[str, Any]) -> dict[str, Any]:
     """pretrain.json: the same configuration, running the pre-training phase alone."""
     cfg = copy.deepcopy(train_cfg)
-    cfg["run"] = [RUN_PRETRAINING]
+    cfg["run"] = [*_pretrain_checkpointing(), RUN_PRETRAINING]
     return cfg
 
 
@@ -231,7 +281,7 @@ def multi_gpu(variant: Variant) -> dict[str, Any]:
         # pre-training never runs the segmentation head
         cfg["pretrain#trainer#network"] = {**ddp, "module": "@pretrain#network", "find_unused_parameters": True}
         cfg["train#trainer#network"] = {**ddp, "module": "@network"}
-        cfg["run"] = [*_pretrain_run_prefix(), *cfg["run"]]
+        cfg["run"] = [*_pretrain_run_prefix(), *_finetune_steps(cfg["run"])]
     cfg["aux#sampler"] = {
         "_target_": "DistributedSampler",
         "dataset": "@aux#dataset",

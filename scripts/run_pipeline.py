@@ -177,7 +177,7 @@ def train_step(runner: Runner, step: Step, force: bool) -> str:
     status = (metrics.get("training") or {}).get("status")
     if not force and recorded == current and status == "complete" and step.model_file.is_file():
         return "current"
-    checkpoints = list((step.out / "models").glob("checkpoint_epoch=*.pt"))
+    checkpoints = list((step.out / "models").glob("*checkpoint_epoch=*.pt"))  # either phase
     resume = not force and recorded == current and bool(checkpoints)
     if not resume and step.metrics_file.exists():
         for old in (step.out / "models").glob("*"):  # another config or data: start clean
@@ -216,16 +216,20 @@ def stage1_names(tasks: list[str], skip: list[str]) -> list[str]:
     return [n for n in names if n not in skip]
 
 
+def seed_datalist(dataset_dir: Path, fraction: float, seed: int, skip_bad: bool, datalist_file: Path) -> str:
+    """Write the seed's verified datalist once (split and labelled subset); return its sha256."""
+    if not datalist_file.is_file():
+        scan = scan_dataset(dataset_dir)
+        datalist = build_datalist(scan, fraction, seed, skip_bad=skip_bad, workers=os.cpu_count() or 1)
+        atomic_write_json(datalist_file, datalist)
+    return file_sha256(datalist_file)
+
+
 def run_seed(args: argparse.Namespace, seed: int, runner: Runner) -> dict[str, Any]:
     """The protocol for one seed; returns what the report needs."""
     seed_dir = args.out / f"seed{seed}"
     datalist_file = seed_dir / "datalist.json"
-    if not datalist_file.is_file():
-        scan = scan_dataset(args.dataset_dir)
-        workers = os.cpu_count() or 1
-        datalist = build_datalist(scan, args.labelled_fraction, seed, skip_bad=args.skip_bad, workers=workers)
-        atomic_write_json(datalist_file, datalist)
-    datalist_sha = file_sha256(datalist_file)
+    datalist_sha = seed_datalist(args.dataset_dir, args.labelled_fraction, seed, args.skip_bad, datalist_file)
     common_overrides = {
         "dataset_dir": str(args.dataset_dir),
         "datalist_file": str(datalist_file),

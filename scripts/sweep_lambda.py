@@ -1,109 +1,147 @@
 #!/usr/bin/env python
-"""Small sweep of each joint task's lambda; writes the table the bundle generator reads.
+"""Sweep each joint task's lambda over several seeds; writes the table the bundle generator reads.
 
-Trains the baseline and every ``<task>_joint`` bundle for each lambda in ``--lambdas`` through
-``python -m monai.bundle run`` (outputs under ``--runs-dir``, never in the bundles), at one
-labelled fraction, resolution, epoch count and seed, and records the best validation metrics of
-each run in ``--out`` (default ``scripts/lambda_sweep.json``). ``scripts/generate_bundles.py``
-takes each task's default lambda from that file (highest validation Dice) and prints the sweep in
-the bundle's README.
+For every seed: the seeded datalist of ``scripts/run_pipeline.py``, the baseline, and every
+``<task>_joint`` bundle once per lambda in ``--lambdas`` (``--aux_weights "{'<task>': lambda}"``),
+trained through ``python -m monai.bundle run`` under ``--out`` (bundles stay untouched), several at
+a time, resumable like the pipeline (the same fingerprints). The best validation metrics of every
+run, their mean and standard deviation over the seeds go to ``--table`` (default
+``scripts/lambda_sweep.json``); ``scripts/generate_bundles.py`` takes each task's default lambda
+from it (highest mean validation Dice, the smaller lambda on a tie) and prints the sweep in the
+bundle's README.
 
-    python scripts/sweep_lambda.py --dataset-dir demo_data/siim --labelled-fraction 0.2 --epochs 100
-    python scripts/sweep_lambda.py --pretrain-only   # then the five pre-training bundles, same setting
+    python scripts/sweep_lambda.py --dataset-dir ../shared/data/cxr_lungs --labelled-fraction 0.2 \\
+        --seeds 0 1 2 --scale demo --set epochs=60 --out runs/lambda_sweep
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
+import concurrent.futures
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common.handlers import read_metrics_file  # noqa: E402
 from common.io import atomic_write_json  # noqa: E402
+from scripts.generate_bundles import FIVE_TASKS  # noqa: E402
+from scripts.run_pipeline import (  # noqa: E402
+    BUNDLES,
+    SCALES,
+    Runner,
+    Step,
+    _parse_set,
+    default_jobs,
+    seed_datalist,
+    train_step,
+)
 
-TASKS = ("rotation", "jigsaw", "inpainting", "genesis", "contrastive")
+METRICS = ("dice", "dice_positive", "iou")
 
 
-def train(bundle: str, root: Path, overrides: list[str]) -> dict:
-    """Train one bundle into ``root`` and return its best validation metrics."""
-    config = REPO / "bundles" / bundle / "configs" / "train.json"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config), "--bundle_root", str(root)]
-    log = root / "train.log"
-    root.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        subprocess.run([*cmd, *overrides], check=True, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-    return json.loads((root / "models" / "metrics.json").read_text())["validation"]
+def sweep_steps(args: argparse.Namespace, seed: int) -> list[tuple[str, float | None, Step]]:
+    """(task, lambda, step) for the seed: the baseline (task "baseline", lambda None) and every joint run."""
+    seed_dir = args.out / f"seed{seed}"
+    datalist_sha = seed_datalist(
+        args.dataset_dir, args.labelled_fraction, seed, args.skip_bad, seed_dir / "datalist.json"
+    )
+    common = {
+        "dataset_dir": str(args.dataset_dir),
+        "datalist_file": str(seed_dir / "datalist.json"),
+        "labelled_fraction": args.labelled_fraction,
+        "split_seed": seed,
+        "seed": seed,
+        "cache_dir": str(args.out / "cache"),
+        **{k: v for k, v in SCALES[args.scale].items() if k != "pretrain_epochs"},
+        **args.set,
+    }
+
+    def step(name: str, bundle: str, extra: dict[str, Any]) -> Step:
+        out = seed_dir / name
+        paths = {"ckpt_dir": str(out / "models"), "log_dir": str(out / "logs"), "output_dir": str(out / "eval")}
+        return Step(name, BUNDLES / bundle, out, {**common, **paths, **extra}, {"datalist": datalist_sha})
+
+    steps: list[tuple[str, float | None, Step]] = [("baseline", None, step("baseline", "baseline", {}))]
+    for task in args.tasks:
+        for lam in args.lambdas:
+            run = step(f"{task}_joint_lambda{lam:g}", f"{task}_joint", {"aux_weights": {task: lam}})
+            steps.append((task, lam, run))
+    return steps
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation of each metric over the seeds, plus the per-seed values."""
+    out: dict[str, Any] = {"n": len(runs), "seeds": runs}
+    for metric in METRICS:
+        values = [r[metric] for r in runs if r.get(metric) is not None]
+        out[metric] = statistics.fmean(values) if values else None
+        out[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep and write the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset-dir", type=Path, default=REPO / "demo_data" / "siim")
-    parser.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "lambda_sweep")
-    parser.add_argument("--out", type=Path, default=REPO / "scripts" / "lambda_sweep.json")
-    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.1, 0.3, 1.0])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "lambda_sweep", help="run folder")
+    parser.add_argument("--table", type=Path, default=REPO / "scripts" / "lambda_sweep.json")
+    parser.add_argument("--lambdas", type=float, nargs="+", default=[0.01, 0.1, 1.0])
+    parser.add_argument("--tasks", nargs="+", default=list(FIVE_TASKS), choices=list(FIVE_TASKS))
     parser.add_argument("--labelled-fraction", type=float, default=0.2)
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=100, help="few labels mean few steps per epoch")
-    parser.add_argument("--val-interval", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--pretrain-only",
-        action="store_true",
-        help="instead of the sweep: train every <task>_pretrain bundle at the sweep's setting and add the results",
-    )
-    parser.add_argument("--pretrain-epochs", type=int, default=20)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="demo")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides (JSON values)")
+    parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: as run_pipeline.py)")
+    parser.add_argument("--skip-bad", action="store_true")
+    parser.add_argument("--force", action="store_true", help="retrain every run")
     args = parser.parse_args(argv)
-    setting = {
-        "dataset_dir": str(args.dataset_dir.resolve()),
-        "labelled_fraction": args.labelled_fraction,
-        "image_size": args.image_size,
-        "epochs": args.epochs,
-        "val_interval": args.val_interval,
-        "seed": args.seed,
-    }
-    overrides = [
-        "--dataset_dir", setting["dataset_dir"], "--labelled_fraction", str(args.labelled_fraction),
-        "--image_size", str(args.image_size), "--epochs", str(args.epochs), "--seed", str(args.seed),
-        "--val_interval", str(args.val_interval),
-        "--split_seed", str(args.seed), "--cache_dir", str(args.runs_dir / "cache"),
-    ]  # fmt: skip
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    args.set = _parse_set(args.set)
+    args.out, args.dataset_dir = args.out.resolve(), args.dataset_dir.resolve()
+    if not args.dataset_dir.is_dir():
+        raise SystemExit(f"error: dataset folder {args.dataset_dir} does not exist")
+    runner = Runner(args.jobs or default_jobs(), 1, args.out / "logs")
     start = time.time()
-    if args.pretrain_only:
-        results = json.loads(args.out.read_text())
-        if results["setting"] != setting:
-            raise SystemExit(f"{args.out} was swept with {results['setting']}, not {setting}")
-        results["pretrain"] = {"pretrain_epochs": args.pretrain_epochs, "tasks": {}}
-        for task in args.tasks:
-            extra = ["--pretrain_epochs", str(args.pretrain_epochs)]
-            metrics = train(f"{task}_pretrain", args.runs_dir / f"{task}_pretrain", [*overrides, *extra])
-            results["pretrain"]["tasks"][task] = metrics
-            print(f"{task} pretrain: {metrics}", flush=True)
-        results["pretrain"]["wall_s"] = round(time.time() - start)
-        atomic_write_json(args.out, results)
-        print(f"updated {args.out}")
-        return 0
-    results = {"setting": setting, "baseline": train("baseline", args.runs_dir / "baseline", overrides), "tasks": {}}
-    print(f"baseline: {results['baseline']}", flush=True)
-    for task in args.tasks:
-        runs = []
-        for lam in args.lambdas:
-            weights = json.dumps({task: lam})
-            metrics = train(
-                f"{task}_joint", args.runs_dir / f"{task}_joint_{lam}", [*overrides, "--aux_weights", weights]
-            )
-            runs.append({"lambda": lam, **metrics})
-            print(f"{task} lambda={lam}: {metrics}", flush=True)
-        results["tasks"][task] = runs
-    results["wall_s"] = round(time.time() - start)
-    atomic_write_json(args.out, results)
-    print(f"wrote {args.out} ({results['wall_s']} s)")
+    runs = [(seed, *s) for seed in args.seeds for s in sweep_steps(args, seed)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=runner.jobs) as pool:
+        futures = {pool.submit(train_step, runner, s, args.force): (seed, s) for seed, _, _, s in runs}
+        for future in concurrent.futures.as_completed(futures):
+            seed, s = futures[future]
+            print(f"[seed {seed}] {s.name}: {future.result()}")
+    results: dict[str, list[dict[str, Any]]] = {}
+    for _seed, task, lam, s in runs:
+        best = read_metrics_file(s.metrics_file).get("validation")
+        if not best:
+            raise SystemExit(f"error: {s.metrics_file} has no validation result (epochs < val_interval?)")
+        results.setdefault(f"{task}|{lam}", []).append({m: best.get(m) for m in METRICS})
+    table = {
+        "setting": {
+            "dataset": args.dataset_dir.name,
+            "labelled_fraction": args.labelled_fraction,
+            "seeds": args.seeds,
+            "scale": args.scale,
+            "overrides": {k: v for k, v in {**SCALES[args.scale], **args.set}.items() if k != "pretrain_epochs"},
+        },
+        "baseline": summarise(results["baseline|None"]),
+        "tasks": {
+            task: [{"lambda": lam, **summarise(results[f"{task}|{lam}"])} for lam in args.lambdas]
+            for task in args.tasks
+        },
+        "wall_s": round(time.time() - start),
+    }
+    atomic_write_json(args.table, table)
+    base = table["baseline"]
+    print(f"baseline: val dice {base['dice']:.3f} ± {base['dice_std']:.3f}")
+    for task, rows in table["tasks"].items():
+        for row in rows:
+            print(f"{task} lambda={row['lambda']:g}: val dice {row['dice']:.3f} ± {row['dice_std']:.3f}")
+    print(f"wrote {args.table} ({table['wall_s']} s)")
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,8 +71,9 @@ def test_pretrain_then_train_hands_the_weights_over(tiny_siim: Path, tmp_path: P
     workflow.initialize()
     network = workflow.parser.get_parsed_content("network")
     before = {k: v.clone() for k, v in network.state_dict().items()}
-    assert workflow.parser["run"][1].startswith("$common.networks.with_pretrained(@network")
-    workflow.parser.get_parsed_content("run#1")  # the bundle's own hand-off step (pre-training is skipped)
+    hand_off = [i for i, step in enumerate(workflow.parser["run"]) if "common.networks.with_pretrained" in step]
+    assert len(hand_off) == 1
+    workflow.parser.get_parsed_content(f"run#{hand_off[0]}")  # the bundle's own hand-off (pre-training skipped)
     prefix = seg_head_prefix(network)
     after = network.state_dict()
     for key, value in after.items():
@@ -80,6 +83,43 @@ def test_pretrain_then_train_hands_the_weights_over(tiny_siim: Path, tmp_path: P
             assert torch.equal(value.cpu(), pretrained[key]), key  # everything else: the pre-trained tensors
     moved = [k for k in after if not k.startswith(prefix) and not torch.equal(after[k], before[k])]
     assert moved  # the transfer really changed the network
+
+
+@pytest.mark.slow
+def test_interrupted_pretraining_resumes_from_its_epoch_checkpoint(tiny_siim: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle("rotation_pretrain", tmp_path / "b")
+    train = bundle / "configs" / "train.json"
+    overrides = [*tiny_train_overrides(tiny_siim, bundle), "--pretrain_epochs", "3", "--labelled_fraction", "0.5"]
+    # a hard crash (no clean-up, like a killed job) right after the first pre-training epoch is saved
+    run_steps = read_json(train)["run"]
+    crash = "$@pretrain#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=1), lambda e: os._exit(3))"
+    saver = next(i for i, step in enumerate(run_steps) if "@pretrain#checkpoint_saver.attach" in step)
+    crashing = [*run_steps[: saver + 1], crash, *run_steps[saver + 1 :]]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(train), *overrides, "--run", repr(crashing)]
+    assert subprocess.run(cmd, cwd=tmp_path, capture_output=True, timeout=600).returncode == 3
+    models = bundle / "models"
+    assert (models / "pretrain_checkpoint_epoch=1.pt").is_file()
+    assert not (models / "pretrained.pt").exists() and not (models / "model.pt").exists()
+
+    proc = run_bundle([train], *overrides, "--resume", "true", cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert "pretrain_checkpoint_epoch=1.pt" in log  # CheckpointLoader: "Restored all variables from ..."
+    assert "Epoch[1] Metrics -- aux_loss" not in log and "Epoch[2] Metrics -- aux_loss" in log
+    assert (models / "pretrain_checkpoint_epoch=3.pt").is_file()
+    metrics = read_json(models / "metrics.json")
+    assert metrics["pretraining"]["epochs"] == 3 and metrics["training"]["status"] == "complete"
+    assert (models / "pretrained.pt").is_file() and (models / "checkpoint_epoch=1.pt").is_file()
+
+
+def test_resume_without_any_checkpoint_is_a_clear_error(tiny_siim: Path, tmp_path: Path) -> None:
+    bundle = copy_bundle("rotation_pretrain", tmp_path / "b")
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.json"),
+        *tiny_train_overrides(tiny_siim, bundle), "--resume", "true",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "has no checkpoint_epoch=*.pt or pretrain_checkpoint_epoch=*.pt" in proc.stderr
 
 
 @pytest.mark.slow
