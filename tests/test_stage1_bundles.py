@@ -95,7 +95,8 @@ def test_interrupted_pretraining_resumes_from_its_epoch_checkpoint(tiny_siim: Pa
     crash = "$@pretrain#trainer.add_event_handler(ignite.engine.Events.EPOCH_COMPLETED(once=1), lambda e: os._exit(3))"
     saver = next(i for i, step in enumerate(run_steps) if "@pretrain#checkpoint_saver.attach" in step)
     crashing = [*run_steps[: saver + 1], crash, *run_steps[saver + 1 :]]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(train), *overrides, "--run", repr(crashing)]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(train), *overrides]
+    cmd += ["--run", repr(crashing)]
     assert subprocess.run(cmd, cwd=tmp_path, capture_output=True, timeout=600).returncode == 3
     models = bundle / "models"
     assert (models / "pretrain_checkpoint_epoch=1.pt").is_file()
