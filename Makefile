@@ -18,10 +18,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-demo-data: venv $(DEMO_DIR)/train-rle.csv
+MULTIDOMAIN_DIR := demo_data/multidomain
+
+demo-data: venv $(DEMO_DIR)/train-rle.csv $(MULTIDOMAIN_DIR)/datalist.json
 
 $(DEMO_DIR)/train-rle.csv:
-	$(PY) scripts/make_demo_data.py --out $(DEMO_DIR)
+	$(PY) scripts/make_demo_data.py --out $(DEMO_DIR) --multidomain-out ""
+
+$(MULTIDOMAIN_DIR)/datalist.json:
+	$(PY) scripts/make_demo_data.py --out "" --multidomain-out $(MULTIDOMAIN_DIR)
 
 # the whole two-stage protocol at demo scale (about 10 minutes on 2 CPU cores); prints the report's path
 demo: demo-data

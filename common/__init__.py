@@ -5,6 +5,7 @@ module they use is imported here (a ``$import common.x`` would bind ``common.x``
 """
 
 from common import (
+    aggregate,
     bundle,
     cache,
     datalist,
@@ -13,6 +14,7 @@ from common import (
     imaging,
     io,
     kd,
+    multidomain,
     networks,
     rle,
     soft_targets,
@@ -22,6 +24,7 @@ from common import (
 )
 
 __all__ = [
+    "aggregate",
     "bundle",
     "cache",
     "datalist",
@@ -30,6 +33,7 @@ __all__ = [
     "imaging",
     "io",
     "kd",
+    "multidomain",
     "networks",
     "rle",
     "soft_targets",

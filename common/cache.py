@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 from monai.data.utils import pickle_hashing
-from monai.utils.enums import TraceKeys
+from monai.utils.enums import InterpolateMode, TraceKeys
 
 # Cached items are MetaTensors (track_meta=True) whose applied operations name TraceKeys members;
 # PersistentDataset loads with weights_only=True, which refuses that (a str Enum of MONAI's) unless
 # allow-listed, and then deletes the entry as corrupt: every epoch would decode the images again.
-torch.serialization.add_safe_globals([TraceKeys])
+# InterpolateMode: what Resized records when its mode is left at the default.
+torch.serialization.add_safe_globals([TraceKeys, InterpolateMode])
 
 PATH_KEYS = ("image", "label")
 # bumped when what the cache stores changes (2: MetaTensors with their metadata, track_meta=True)

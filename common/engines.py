@@ -69,22 +69,47 @@ class AuxiliaryObjective:
             self._generator = torch.Generator(device=device).manual_seed(self.seed)
         return self._generator
 
-    def __call__(self, network: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total weighted auxiliary loss and each task's (unweighted) loss."""
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        """Per-image label keys the weighted tasks read from the auxiliary batch."""
+        return tuple(dict.fromkeys(k for n in self.weights for k in self.model.tasks[n].label_keys))
+
+    def __call__(
+        self, network: torch.nn.Module, images: torch.Tensor, labels: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total weighted auxiliary loss and each task's (unweighted) loss (plus its terms, if it keeps any)."""
         generator = self.generator(images.device)
         losses: dict[str, torch.Tensor] = {}
+        terms: dict[str, torch.Tensor] = {}
         with bn_running_stats_frozen(self.model) if self.freeze_bn_stats else contextlib.nullcontext():
             for name in self.weights:
                 task = self.model.tasks[name]
-                pretext = task.pretext(images, generator)
+                if task.label_keys:
+                    pretext = task.pretext(images, generator, labels={k: labels[k] for k in task.label_keys})
+                else:
+                    pretext = task.pretext(images, generator)
                 losses[name] = task.loss(network(pretext.input, task=name), pretext)
+                terms.update({f"{name}/{t}": v for t, v in (getattr(task, "last_terms", None) or {}).items()})
         total = sum(self.weights[n] * v for n, v in losses.items())
-        return total, losses
+        return total, {**losses, **terms}
 
 
 def _images(batch: Any, device: torch.device, non_blocking: bool) -> torch.Tensor:
     images = batch[Keys.IMAGE] if isinstance(batch, Mapping) else batch
     return torch.as_tensor(images).to(device, non_blocking=non_blocking)
+
+
+def _labels(batch: Any, keys: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor] | None:
+    """The per-image class labels ``keys`` of an auxiliary batch, as long tensors on ``device``."""
+    if not keys:
+        return None
+    missing = [k for k in keys if not isinstance(batch, Mapping) or k not in batch]
+    if missing:
+        raise KeyError(
+            f"the auxiliary batch lacks {missing}: this task needs labelled auxiliary items "
+            "(e.g. the multi-domain datalist of scripts/prepare_multidomain.py)"
+        )
+    return {k: torch.as_tensor(batch[k]).to(device).long().reshape(-1) for k in keys}
 
 
 def cycle(loader: Iterable) -> Iterator:
@@ -135,9 +160,11 @@ class MultiTaskTrainer(SupervisedTrainer):
     def _joint_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self._aux_batches is None:
             self._aux_batches = cycle(self.aux_data_loader)
-        images = _images(next(self._aux_batches), self.state.device, self.non_blocking)
+        batch = next(self._aux_batches)
+        images = _images(batch, self.state.device, self.non_blocking)
+        labels = _labels(batch, self.objective.label_keys, self.state.device)
         seg = self.seg_loss(pred, target).mean()
-        aux, per_task = self.objective(self.network, images)
+        aux, per_task = self.objective(self.network, images, labels)
         self.state.output["seg_loss"] = seg.detach()
         self.state.output["aux_loss"] = aux.detach()
         self.state.output.update({f"aux_loss/{n}": v.detach() for n, v in per_task.items()})
@@ -167,12 +194,13 @@ class PretextTrainer(SupervisedTrainer):
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         images = _images(batchdata, engine.state.device, engine.non_blocking)
+        labels = _labels(batchdata, self.objective.label_keys, engine.state.device)
         engine.state.output = {Keys.IMAGE: images}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         use_amp = bool(engine.amp and engine.scaler is not None)
         with torch.autocast("cuda", **engine.amp_kwargs) if use_amp else contextlib.nullcontext():
-            total, per_task = self.objective(engine.network, images)
+            total, per_task = self.objective(engine.network, images, labels)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.state.output[Keys.LOSS] = total
         engine.state.output["aux_loss"] = total.detach()

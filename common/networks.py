@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from monai.networks.layers import SkipConnection
@@ -43,30 +44,54 @@ class MultiTaskUNet(nn.Module):
         channels = self._feature_channels()
         self.heads = nn.ModuleDict({name: task.build_head(channels[task.feature]) for name, task in self.tasks.items()})
 
-    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder path only: the deepest feature map of the U-Net."""
-        x = self.seg_net.model[0](x)
-        node = self.seg_net.model[1]
+    def _down_path(self) -> tuple[list[nn.Module], nn.Module]:
+        """The down blocks below the first level and the bottom block, walking the nested connections."""
+        downs, node = [], self.seg_net.model[1]
         while isinstance(node, SkipConnection):
             inner = node.submodule
             if isinstance(inner, nn.Sequential) and len(inner) == 3 and isinstance(inner[1], SkipConnection):
-                x = inner[0](x)  # the down block of this level
+                downs.append(inner[0])  # the down block of this level
                 node = inner[1]
             else:
-                return inner(x)  # the bottom block
+                return downs, inner  # the bottom block
         raise RuntimeError("unexpected UNet structure: no bottom block found")
+
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder path only: the deepest feature map of the U-Net."""
+        downs, bottom = self._down_path()
+        x = self.seg_net.model[0](x)
+        for down in downs:
+            x = down(x)
+        return bottom(x)
 
     def decoder_features(self, x: torch.Tensor) -> torch.Tensor:
         """Everything but the segmentation head: the input of the U-Net's last block."""
         return self.seg_net.model[1](self.seg_net.model[0](x))
 
+    def bottleneck_and_decoder(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both feature maps from one pass: the bottom block's output is caught by a forward hook."""
+        caught: list[torch.Tensor] = []
+        handle = self._down_path()[1].register_forward_hook(lambda _m, _i, out: caught.append(out))
+        try:
+            decoder = self.decoder_features(x)
+        finally:
+            handle.remove()
+        return caught[0], decoder
+
+    def features(self, x: torch.Tensor, kind: str) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The feature map(s) a task of ``kind`` (bottleneck, decoder or both) reads."""
+        if kind == "bottleneck":
+            return self.bottleneck(x)
+        if kind == "decoder":
+            return self.decoder_features(x)
+        return self.bottleneck_and_decoder(x)
+
     def forward(self, x: torch.Tensor, task: str | None = None) -> torch.Tensor:
         if task is None:
             return self.seg_net(x)
-        features = self.bottleneck(x) if self.tasks[task].feature == "bottleneck" else self.decoder_features(x)
-        return self.heads[task](features)
+        return self.heads[task](self.features(x, self.tasks[task].feature))
 
-    def _feature_channels(self) -> dict[str, int]:
+    def _feature_channels(self) -> dict[str, Any]:
         levels = len(self.seg_net.strides)
         size = 2 ** (levels + 1)
         probe = torch.zeros(1, self.seg_net.in_channels, *([size] * self.seg_net.dimensions))
@@ -77,6 +102,7 @@ class MultiTaskUNet(nn.Module):
                 "bottleneck": self.bottleneck(probe).shape[1],
                 "decoder": self.decoder_features(probe).shape[1],
             }
+        channels["both"] = (channels["bottleneck"], channels["decoder"])
         self.seg_net.train(was_training)
         return channels
 

@@ -52,7 +52,8 @@ def collect(seeds: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, An
     return {r: rows[r] for r in order if r in rows}
 
 
-def _stats(values: list[float]) -> dict[str, Any]:
+def stats(values: list[float | None]) -> dict[str, Any]:
+    """Mean and sample standard deviation (rounded) and count of the values that are not None."""
     values = [v for v in values if v is not None]
     if not values:
         return {"mean": None, "std": None, "n": 0}
@@ -64,8 +65,8 @@ def summarise(rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str,
     """Mean/std over seeds of every test and validation metric, per row."""
     out = {}
     for row, per_seed in rows.items():
-        entry = {f"test_{k}": _stats([s["test"].get(k) for s in per_seed.values()]) for k in METRICS}
-        entry.update({f"val_{k}": _stats([s["val"].get(k) for s in per_seed.values()]) for k in METRICS})
+        entry = {f"test_{k}": stats([s["test"].get(k) for s in per_seed.values()]) for k in METRICS}
+        entry.update({f"val_{k}": stats([s["val"].get(k) for s in per_seed.values()]) for k in METRICS})
         modes = [s.get("mode") for s in per_seed.values() if s.get("mode")]
         if modes:
             entry["chosen_modes"] = modes

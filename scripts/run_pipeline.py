@@ -45,7 +45,7 @@ from common.handlers import read_metrics_file  # noqa: E402
 from common.io import atomic_write_json  # noqa: E402
 from common.report import write_report  # noqa: E402
 from common.teachers import file_sha256  # noqa: E402
-from scripts.generate_bundles import FIVE_TASKS  # noqa: E402
+from scripts.generate_bundles import ALL_TASKS  # noqa: E402
 
 BUNDLES = REPO / "bundles"
 # settings per scale; anything else comes from the bundle configs (or --set key=value). The demo scale
@@ -225,15 +225,12 @@ def seed_datalist(dataset_dir: Path, fraction: float, seed: int, skip_bad: bool,
     return file_sha256(datalist_file)
 
 
-def run_seed(args: argparse.Namespace, seed: int, runner: Runner) -> dict[str, Any]:
-    """The protocol for one seed; returns what the report needs."""
-    seed_dir = args.out / f"seed{seed}"
-    datalist_file = seed_dir / "datalist.json"
-    datalist_sha = seed_datalist(args.dataset_dir, args.labelled_fraction, seed, args.skip_bad, datalist_file)
-    common_overrides = {
+def seed_overrides(args: argparse.Namespace, datalist_file: Path, fraction: float, seed: int) -> dict[str, Any]:
+    """Bundle overrides every run of one seed shares: data, split, seeds, the shared cache, scale, --set."""
+    return {
         "dataset_dir": str(args.dataset_dir),
         "datalist_file": str(datalist_file),
-        "labelled_fraction": args.labelled_fraction,
+        "labelled_fraction": fraction,
         "split_seed": seed,
         "seed": seed,
         "cache_dir": str(args.out / "cache"),
@@ -241,14 +238,22 @@ def run_seed(args: argparse.Namespace, seed: int, runner: Runner) -> dict[str, A
         **args.set,
     }
 
+
+def output_overrides(out: Path) -> dict[str, str]:
+    """Where one run writes its models, logs and evaluation outputs (never inside the bundle)."""
+    return {"ckpt_dir": str(out / "models"), "log_dir": str(out / "logs"), "output_dir": str(out / "eval")}
+
+
+def run_seed(args: argparse.Namespace, seed: int, runner: Runner) -> dict[str, Any]:
+    """The protocol for one seed; returns what the report needs."""
+    seed_dir = args.out / f"seed{seed}"
+    datalist_file = seed_dir / "datalist.json"
+    datalist_sha = seed_datalist(args.dataset_dir, args.labelled_fraction, seed, args.skip_bad, datalist_file)
+    common_overrides = seed_overrides(args, datalist_file, args.labelled_fraction, seed)
+
     def step(name: str, extra: Any = None) -> Step:
         out = seed_dir / name
-        overrides = {
-            **common_overrides,
-            "ckpt_dir": str(out / "models"),
-            "log_dir": str(out / "logs"),
-            "output_dir": str(out / "eval"),
-        }
+        overrides = {**common_overrides, **output_overrides(out)}
         if not name.endswith("_pretrain"):
             overrides.pop("pretrain_epochs", None)
         overrides.update(PER_BUNDLE.get(args.scale, {}).get(name, {}))
@@ -277,6 +282,8 @@ def run_seed(args: argparse.Namespace, seed: int, runner: Runner) -> dict[str, A
         sys.executable, str(REPO / "scripts" / "select_teachers.py"), "--bundles-dir", str(seed_dir),
         "--tasks", *args.tasks, "--out", str(selection_file),
     ]  # fmt: skip
+    if any(n.endswith(("_joint", "_pretrain")) and n != "multitask_joint" for n in args.skip):
+        select_args.append("--allow-missing")  # a variant left out on purpose: its task takes the other mode
     if not args.dry_run:
         subprocess.run(select_args, check=True, cwd=REPO)
     teachers = json.loads(selection_file.read_text())["teachers"] if selection_file.is_file() else []
@@ -320,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "pipeline")
     parser.add_argument("--scale", choices=sorted(SCALES), default="full", help="epochs/resolution preset")
-    parser.add_argument("--tasks", nargs="+", default=list(FIVE_TASKS), choices=list(FIVE_TASKS))
+    parser.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), choices=list(ALL_TASKS))
     parser.add_argument("--skip", nargs="*", default=[], help="bundle names to leave out (e.g. multitask_joint)")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra bundle overrides (JSON values)"
@@ -330,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-bad", action="store_true", help="skip (and list) unreadable images and bad rows")
     parser.add_argument("--force", action="store_true", help="retrain and re-evaluate everything")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--publish", type=Path, help="also write the summary here (scripts/results/<name>.json)")
+    parser.add_argument("--label", help="the published run's name in the bundle READMEs (default: --out's name)")
     args = parser.parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they happen, also in a log file
@@ -355,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         "wall_time_s": round(time.time() - start, 1),
     }
     table = write_report(args.out, seeds, settings)
+    if args.publish:  # what the bundle READMEs show (scripts/generate_bundles.py reads scripts/results/)
+        results = json.loads((args.out / "results.json").read_text())
+        label = args.label or args.out.name
+        command = "python scripts/run_pipeline.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        published = {"kind": "pipeline", "label": label, "command": command, **results}
+        atomic_write_json(args.publish, {k: v for k, v in published.items() if k != "per_seed"})
     print(table)
     print(f"report: {args.out / 'report.md'}  results: {args.out / 'results.json'}")
     return 0

@@ -29,9 +29,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from common.io import atomic_write_json  # noqa: E402
+from scripts.generate_bundles import ALL_TASKS  # noqa: E402
 
 MODES = ("joint", "pretrain")
-DEFAULT_TASKS = ("rotation", "jigsaw", "inpainting", "genesis", "contrastive")
+DEFAULT_TASKS = ALL_TASKS  # the five tasks of the two-stage method and HSSL
 TIE = 1e-6
 
 

@@ -8,7 +8,7 @@ a time, resumable like the pipeline (the same fingerprints). The best validation
 run, their mean and standard deviation over the seeds go to ``--table`` (default
 ``scripts/lambda_sweep.json``); ``scripts/generate_bundles.py`` takes each task's default lambda
 from it (highest mean validation Dice, the smaller lambda on a tie) and prints the sweep in the
-bundle's README.
+bundle's README. A table swept at the same setting keeps the tasks not swept this time.
 
     python scripts/sweep_lambda.py --dataset-dir ../shared/data/cxr_lungs --labelled-fraction 0.2 \\
         --seeds 0 1 2 --scale demo --set epochs=60 --out runs/lambda_sweep
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import statistics
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from common.handlers import read_metrics_file  # noqa: E402
 from common.io import atomic_write_json  # noqa: E402
-from scripts.generate_bundles import FIVE_TASKS  # noqa: E402
+from common.report import stats  # noqa: E402
+from scripts.generate_bundles import ALL_TASKS  # noqa: E402
 from scripts.run_pipeline import (  # noqa: E402
     BUNDLES,
     SCALES,
@@ -37,7 +38,9 @@ from scripts.run_pipeline import (  # noqa: E402
     Step,
     _parse_set,
     default_jobs,
+    output_overrides,
     seed_datalist,
+    seed_overrides,
     train_step,
 )
 
@@ -50,21 +53,13 @@ def sweep_steps(args: argparse.Namespace, seed: int) -> list[tuple[str, float | 
     datalist_sha = seed_datalist(
         args.dataset_dir, args.labelled_fraction, seed, args.skip_bad, seed_dir / "datalist.json"
     )
-    common = {
-        "dataset_dir": str(args.dataset_dir),
-        "datalist_file": str(seed_dir / "datalist.json"),
-        "labelled_fraction": args.labelled_fraction,
-        "split_seed": seed,
-        "seed": seed,
-        "cache_dir": str(args.out / "cache"),
-        **{k: v for k, v in SCALES[args.scale].items() if k != "pretrain_epochs"},
-        **args.set,
-    }
+    common = seed_overrides(args, seed_dir / "datalist.json", args.labelled_fraction, seed)
+    common.pop("pretrain_epochs", None)
 
     def step(name: str, bundle: str, extra: dict[str, Any]) -> Step:
         out = seed_dir / name
-        paths = {"ckpt_dir": str(out / "models"), "log_dir": str(out / "logs"), "output_dir": str(out / "eval")}
-        return Step(name, BUNDLES / bundle, out, {**common, **paths, **extra}, {"datalist": datalist_sha})
+        overrides = {**common, **output_overrides(out), **extra}
+        return Step(name, BUNDLES / bundle, out, overrides, {"datalist": datalist_sha})
 
     steps: list[tuple[str, float | None, Step]] = [("baseline", None, step("baseline", "baseline", {}))]
     for task in args.tasks:
@@ -78,9 +73,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample standard deviation of each metric over the seeds, plus the per-seed values."""
     out: dict[str, Any] = {"n": len(runs), "seeds": runs}
     for metric in METRICS:
-        values = [r[metric] for r in runs if r.get(metric) is not None]
-        out[metric] = statistics.fmean(values) if values else None
-        out[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        stat = stats([r.get(metric) for r in runs])
+        out[metric], out[f"{metric}_std"] = stat["mean"], stat["std"]
     return out
 
 
@@ -91,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "lambda_sweep", help="run folder")
     parser.add_argument("--table", type=Path, default=REPO / "scripts" / "lambda_sweep.json")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.01, 0.1, 1.0])
-    parser.add_argument("--tasks", nargs="+", default=list(FIVE_TASKS), choices=list(FIVE_TASKS))
+    parser.add_argument("--tasks", nargs="+", default=list(ALL_TASKS), choices=list(ALL_TASKS))
     parser.add_argument("--labelled-fraction", type=float, default=0.2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--scale", choices=sorted(SCALES), default="demo")
@@ -135,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "wall_s": round(time.time() - start),
     }
+    previous = json.loads(args.table.read_text()) if args.table.is_file() else {}
+    if previous.get("setting") == table["setting"]:  # same setting: keep the tasks swept before
+        table["tasks"] = {**previous.get("tasks", {}), **table["tasks"]}
     atomic_write_json(args.table, table)
     base = table["baseline"]
     print(f"baseline: val dice {base['dice']:.3f} ± {base['dice_std']:.3f}")

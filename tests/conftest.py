@@ -31,6 +31,16 @@ def tiny_siim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_demo_siim(tmp_path_factory.mktemp("tiny_siim"), n_images=24, size=128, seed=3)
 
 
+@pytest.fixture(scope="session")
+def tiny_multidomain(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic multi-domain demo set at 64 px and its datalist.json (what HSSL bundles read)."""
+    from scripts.make_demo_data import write_multidomain
+
+    out = tmp_path_factory.mktemp("tiny_multidomain")
+    write_multidomain(out, seed=0)
+    return out / "datalist.json"
+
+
 def run_bundle(configs: list[Path], *overrides: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m monai.bundle run`` as a subprocess; fail the test with its output on error."""
     config_arg = str(configs[0]) if len(configs) == 1 else repr([str(c) for c in configs])

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
 
+from scripts.compare_pretraining import main as compare_pretraining
 from scripts.run_pipeline import main as run_pipeline
 from scripts.run_pipeline import stage1_names
+from scripts.sweep_lambda import main as sweep_lambda
 
 
 def test_stage1_names_follow_tasks_and_skip() -> None:
@@ -18,24 +21,28 @@ def test_stage1_names_follow_tasks_and_skip() -> None:
 
 @pytest.mark.slow
 def test_pipeline_end_to_end_then_resumes_without_training(
-    tiny_siim: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    tiny_siim: Path, tiny_multidomain: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "run"
     args = [
         "--dataset-dir", str(tiny_siim), "--out", str(out), "--scale", "demo", "--labelled-fraction", "0.5",
-        "--tasks", "rotation", "--skip", "multitask_joint", "--jobs", "1",
+        "--tasks", "rotation", "hssl", "--skip", "multitask_joint", "hssl_joint", "--jobs", "1",
         "--set", "epochs=1", "pretrain_epochs=1", "val_interval=1", "num_workers=0",
+        f"multidomain_datalist={tiny_multidomain}", "--publish", str(tmp_path / "published.json"),
     ]  # fmt: skip
     assert run_pipeline(args) == 0
     first = capsys.readouterr().out
-    for name in ("baseline", "rotation_joint", "rotation_pretrain", "distill"):
+    for name in ("baseline", "rotation_joint", "rotation_pretrain", "hssl_pretrain", "distill"):
         assert f"{name}: trained" in first
         metrics = json.loads((out / "seed0" / name / "models" / "metrics.json").read_text())
         assert metrics["training"]["status"] == "complete" and "test" in metrics
     results = json.loads((out / "results.json").read_text())
     summary = results["summary"]
-    assert {"baseline", "teacher rotation", "teacher ensemble", "student (distill)"} <= set(summary)
+    assert {"baseline", "teacher rotation", "teacher hssl", "teacher ensemble", "student (distill)"} <= set(summary)
     assert results["selection"]["0"]["rotation"] in ("joint", "pretrain")
+    assert results["selection"]["0"]["hssl"] == "pretrain"  # the only hssl variant trained
+    published = json.loads((tmp_path / "published.json").read_text())
+    assert published["kind"] == "pipeline" and published["summary"] == summary and "--publish" in published["command"]
     report = (out / "report.md").read_text()
     for row in ("baseline", "student (distill)", "teacher ensemble"):
         assert f"| {row}" in report
@@ -46,4 +53,48 @@ def test_pipeline_end_to_end_then_resumes_without_training(
     assert run_pipeline(args) == 0  # everything current: nothing retrained or re-evaluated
     second = capsys.readouterr().out
     assert "trained" not in second.replace("untrained", "") and "evaluated" not in second
-    assert second.count(": current") == 4 + 5  # four trainings, five evaluations (with the ensemble)
+    assert second.count(": current") == 5 + 6  # five trainings, six evaluations (with the ensemble)
+
+
+@pytest.mark.slow
+def test_lambda_sweep_over_two_seeds_writes_means_of_the_runs(tiny_siim: Path, tmp_path: Path) -> None:
+    table_file = tmp_path / "sweep.json"
+    args = [
+        "--dataset-dir", str(tiny_siim), "--out", str(tmp_path / "sweep"), "--table", str(table_file),
+        "--tasks", "rotation", "--lambdas", "0.1", "1", "--seeds", "0", "1", "--labelled-fraction", "0.5",
+        "--jobs", "2", "--set", "epochs=1", "val_interval=1", "num_workers=0",
+    ]  # fmt: skip
+    assert sweep_lambda(args) == 0
+    table = json.loads(table_file.read_text())
+    rows = table["tasks"]["rotation"]
+    assert [r["lambda"] for r in rows] == [0.1, 1.0] and table["baseline"]["n"] == 2
+    for row in rows:
+        runs = [tmp_path / "sweep" / f"seed{s}" / f"rotation_joint_lambda{row['lambda']:g}" for s in (0, 1)]
+        metrics = [json.loads((r / "models" / "metrics.json").read_text()) for r in runs]
+        assert all(m["config"]["aux_weights"] == {"rotation": row["lambda"]} for m in metrics)
+        dice = [m["validation"]["dice"] for m in metrics]
+        assert row["dice"] == pytest.approx(statistics.fmean(dice), abs=1e-4)
+        assert row["dice_std"] == pytest.approx(statistics.stdev(dice), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_pretraining_comparison_runs_three_arms(tiny_siim: Path, tiny_multidomain: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = [
+        "--dataset-dir", str(tiny_siim), "--multidomain-datalist", str(tiny_multidomain), "--single-domains", "ct",
+        "--fractions", "0.5", "--seeds", "0", "--jobs", "2", "--out", str(out), "--publish", str(tmp_path / "p.json"),
+        "--set", "epochs=1", "pretrain_epochs=1", "val_interval=1", "num_workers=0",
+    ]  # fmt: skip
+    assert compare_pretraining(args) == 0
+    results = json.loads((out / "comparison.json").read_text())
+    assert set(results["summary"]["0.5"]) == {"scratch", "single-domain", "multi-domain"}
+    runs = out / "labelled0.5" / "seed0"
+    single = json.loads((runs / "single-domain" / "models" / "metrics.json").read_text())
+    multi = json.loads((runs / "multi-domain" / "models" / "metrics.json").read_text())
+    assert single["config"]["multidomain_domains"] == ["ct"] and multi["config"]["multidomain_domains"] is None
+    assert single["pretraining"]["epochs"] == 1 and multi["pretraining"]["epochs"] == 1
+    assert "pretraining" not in json.loads((runs / "scratch" / "models" / "metrics.json").read_text())
+    for arm in ("scratch", "single-domain", "multi-domain"):
+        assert results["summary"]["0.5"][arm]["test_dice"]["n"] == 1
+    published = json.loads((tmp_path / "p.json").read_text())
+    assert published["kind"] == "hssl_comparison" and "| 50% | multi-domain |" in published["table"]

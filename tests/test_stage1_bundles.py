@@ -18,16 +18,25 @@ from tests.conftest import REPO, copy_bundle, read_json, run_bundle, run_torchru
 NAMES = [v.name for v in variants()]
 
 
+def hssl_extra(name: str, multidomain: Path) -> dict[str, str]:
+    """HSSL bundles read the multi-domain datalist (the tiny synthetic one here)."""
+    return {"multidomain_datalist": str(multidomain)} if name.startswith("hssl") else {}
+
+
+def as_cli(extra: dict[str, str]) -> list[str]:
+    return [a for k, v in extra.items() for a in (f"--{k}", v)]
+
+
 def test_generated_bundles_are_up_to_date() -> None:
     assert generate(["--check"]) == 0, "run python scripts/generate_bundles.py and commit the result"
-    assert len(NAMES) == 11 and sum(n.endswith("_pretrain") for n in NAMES) == 5
+    assert len(NAMES) == 13 and sum(n.endswith("_pretrain") for n in NAMES) == 6
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_properties(name: str, tiny_siim: Path, tmp_path: Path) -> None:
+def test_properties(name: str, tiny_siim: Path, tiny_multidomain: Path, tmp_path: Path) -> None:
     configs = REPO / "bundles" / name / "configs"
     for config, kind, extra in (
-        ("train.json", "train", {"dataset_dir": str(tiny_siim)}),
+        ("train.json", "train", {"dataset_dir": str(tiny_siim), **hssl_extra(name, tiny_multidomain)}),
         ("inference.json", "infer", {"input_dir": str(tiny_siim)}),
     ):
         workflow = ConfigWorkflow(
@@ -39,10 +48,13 @@ def test_properties(name: str, tiny_siim: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_cli_short_run_writes_model_and_metrics(name: str, tiny_siim: Path, tmp_path: Path) -> None:
+def test_cli_short_run_writes_model_and_metrics(
+    name: str, tiny_siim: Path, tiny_multidomain: Path, tmp_path: Path
+) -> None:
     bundle = copy_bundle(name, tmp_path / name)
     overrides = [o for o in tiny_train_overrides(tiny_siim, bundle) if o not in ("--bundle_root", str(bundle))]
     extra = ["--pretrain_epochs", "1"] if name.endswith("_pretrain") else []
+    extra += as_cli(hssl_extra(name, tiny_multidomain))
     run_bundle([bundle / "configs" / "train.json"], *overrides, "--labelled_fraction", "0.5", *extra, cwd=tmp_path)
     metrics = read_json(bundle / "models" / "metrics.json")
     assert metrics["training"]["status"] == "complete"
@@ -55,9 +67,12 @@ def test_cli_short_run_writes_model_and_metrics(name: str, tiny_siim: Path, tmp_
 
 
 @pytest.mark.slow
-def test_pretrain_then_train_hands_the_weights_over(tiny_siim: Path, tmp_path: Path) -> None:
-    bundle = copy_bundle("inpainting_pretrain", tmp_path / "b")
-    overrides = tiny_train_overrides(tiny_siim, bundle)
+@pytest.mark.parametrize("name", ["inpainting_pretrain", "hssl_pretrain"])
+def test_pretrain_then_train_hands_the_weights_over(
+    name: str, tiny_siim: Path, tiny_multidomain: Path, tmp_path: Path
+) -> None:
+    bundle = copy_bundle(name, tmp_path / "b")
+    overrides = [*tiny_train_overrides(tiny_siim, bundle), *as_cli(hssl_extra(name, tiny_multidomain))]
     run_bundle([bundle / "configs" / "pretrain.json"], *overrides, "--pretrain_epochs", "1", cwd=tmp_path)
     assert not (bundle / "models" / "model.pt").exists()  # the pre-training phase alone
     pretrained = torch.load(bundle / "models" / "pretrained.pt", weights_only=True)
@@ -67,6 +82,7 @@ def test_pretrain_then_train_hands_the_weights_over(tiny_siim: Path, tmp_path: P
         bundle_root=str(bundle),
         dataset_dir=str(tiny_siim),
         image_size=64,
+        **hssl_extra(name, tiny_multidomain),
     )
     workflow.initialize()
     network = workflow.parser.get_parsed_content("network")

@@ -1,6 +1,6 @@
-"""Auxiliary self-supervised tasks: the registry and the five tasks of the two-stage method."""
+"""Auxiliary self-supervised tasks: the registry, the five tasks of the two-stage method and HSSL."""
 
-from common.ssl import contrastive, genesis, inpainting, jigsaw, rotation, transforms
+from common.ssl import contrastive, genesis, hssl, inpainting, jigsaw, rotation, transforms
 from common.ssl.registry import TASKS, Pretext, SSLTask, create_task, create_tasks, register_task
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "create_task",
     "create_tasks",
     "genesis",
+    "hssl",
     "inpainting",
     "jigsaw",
     "register_task",

@@ -15,7 +15,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-Feature = Literal["bottleneck", "decoder"]
+# "both": the head gets (bottleneck, decoder features) from one full U-Net pass (HSSL needs image-level
+# and dense terms)
+Feature = Literal["bottleneck", "decoder", "both"]
 
 
 @dataclass
@@ -25,6 +27,7 @@ class Pretext:
     input: torch.Tensor
     target: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    labels: dict[str, torch.Tensor] | None = None  # per-image class labels (tasks with ``label_keys``)
 
 
 class SSLTask:
@@ -32,13 +35,17 @@ class SSLTask:
 
     name: ClassVar[str] = ""
     feature: ClassVar[Feature] = "bottleneck"
+    # batch keys of per-image labels the task needs (e.g. the source dataset); the engines pass them
+    # to ``pretext`` as ``labels`` (tasks without label keys are called without)
+    label_keys: ClassVar[tuple[str, ...]] = ()
 
     def pretext(self, images: torch.Tensor, generator: torch.Generator) -> Pretext:
         """Make a pretext batch from images (B, C, H, W) on their device."""
         raise NotImplementedError
 
-    def build_head(self, channels: int) -> nn.Module:
-        """The head mapping ``feature`` maps with ``channels`` channels to the task's prediction."""
+    def build_head(self, channels: Any) -> nn.Module:
+        """The head mapping ``feature`` maps with ``channels`` channels (a (bottleneck, decoder) pair for
+        ``feature == "both"``) to the task's prediction."""
         raise NotImplementedError
 
     def loss(self, prediction: torch.Tensor, pretext: Pretext) -> torch.Tensor:
