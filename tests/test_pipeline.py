@@ -10,8 +10,9 @@ import pytest
 
 from scripts.compare_pretraining import main as compare_pretraining
 from scripts.run_pipeline import main as run_pipeline
-from scripts.run_pipeline import stage1_names
+from scripts.run_pipeline import Step, fingerprint, stage1_names
 from scripts.sweep_lambda import main as sweep_lambda
+from tests.conftest import REPO
 
 
 def test_stage1_names_follow_tasks_and_skip() -> None:
@@ -98,3 +99,13 @@ def test_pretraining_comparison_runs_three_arms(tiny_siim: Path, tiny_multidomai
         assert results["summary"]["0.5"][arm]["test_dice"]["n"] == 1
     published = json.loads((tmp_path / "p.json").read_text())
     assert published["kind"] == "hssl_comparison" and "| 50% | multi-domain |" in published["table"]
+
+
+def test_fingerprint_ignores_overrides_a_bundle_does_not_have(tmp_path: Path) -> None:
+    def fp(bundle: str, **extra: str) -> str:
+        base = {"epochs": 3, "seed": 0, **extra}
+        return fingerprint(Step(bundle, REPO / "bundles" / bundle, tmp_path, base, {"datalist": "x"}))
+
+    assert fp("baseline", multidomain_datalist="/a.json") == fp("baseline")  # not a baseline key
+    assert fp("hssl_pretrain", multidomain_datalist="/a.json") != fp("hssl_pretrain")
+    assert fp("baseline", epochs="4") != fp("baseline")

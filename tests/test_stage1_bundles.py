@@ -140,11 +140,14 @@ def test_resume_without_any_checkpoint_is_a_clear_error(tiny_siim: Path, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["rotation_joint", "genesis_pretrain"])
-def test_multi_gpu_mixin_trains_with_gloo_on_two_processes(name: str, tiny_siim: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["rotation_joint", "genesis_pretrain", "hssl_joint"])
+def test_multi_gpu_mixin_trains_with_gloo_on_two_processes(
+    name: str, tiny_siim: Path, tiny_multidomain: Path, tmp_path: Path
+) -> None:
     bundle = copy_bundle(name, tmp_path / name)
     configs = [bundle / "configs" / "train.json", bundle / "configs" / "multi_gpu_train.json"]
     overrides = [o for o in tiny_train_overrides(tiny_siim, bundle) if o not in ("--bundle_root", str(bundle))]
+    overrides += as_cli(hssl_extra(name, tiny_multidomain))  # hssl: domain-balanced draws sharded over ranks
     run_torchrun(configs, *overrides, "--pretrain_epochs", "1", "--labelled_fraction", "0.5", cwd=tmp_path)
     metrics = read_json(bundle / "models" / "metrics.json")
     assert metrics["training"]["status"] == "complete"
