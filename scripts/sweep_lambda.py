@@ -78,6 +78,16 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def same_setting(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same data, labels, seeds and scale, and no override set differently in both (a task-only one, such
+    as HSSL's multidomain_datalist, may be given to one sweep alone)."""
+    keys = ("dataset", "labelled_fraction", "seeds", "scale")
+    if not a or any(a.get(k) != b.get(k) for k in keys):
+        return False
+    oa, ob = a.get("overrides", {}), b.get("overrides", {})
+    return all(oa[k] == ob[k] for k in set(oa) & set(ob))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep and write the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.time() - start),
     }
     previous = json.loads(args.table.read_text()) if args.table.is_file() else {}
-    if previous.get("setting") == table["setting"]:  # same setting: keep the tasks swept before
+    if same_setting(previous.get("setting") or {}, table["setting"]):  # keep the tasks swept before
         table["tasks"] = {**previous.get("tasks", {}), **table["tasks"]}
+        table["setting"]["overrides"] = {**previous["setting"]["overrides"], **table["setting"]["overrides"]}
     atomic_write_json(args.table, table)
     base = table["baseline"]
     print(f"baseline: val dice {base['dice']:.3f} ± {base['dice_std']:.3f}")

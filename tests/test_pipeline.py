@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from scripts.compare_pretraining import main as compare_pretraining
-from scripts.run_pipeline import main as run_pipeline
 from scripts.run_pipeline import Step, fingerprint, stage1_names
+from scripts.run_pipeline import main as run_pipeline
 from scripts.sweep_lambda import main as sweep_lambda
+from scripts.sweep_lambda import same_setting
 from tests.conftest import REPO
 
 
@@ -109,3 +110,12 @@ def test_fingerprint_ignores_overrides_a_bundle_does_not_have(tmp_path: Path) ->
     assert fp("baseline", multidomain_datalist="/a.json") == fp("baseline")  # not a baseline key
     assert fp("hssl_pretrain", multidomain_datalist="/a.json") != fp("hssl_pretrain")
     assert fp("baseline", epochs="4") != fp("baseline")
+
+
+def test_sweep_tables_merge_only_at_the_same_setting() -> None:
+    base = {"dataset": "d", "labelled_fraction": 0.2, "seeds": [0, 1], "scale": "demo", "overrides": {"epochs": 60}}
+    with_task_key = {**base, "overrides": {"epochs": 60, "multidomain_datalist": "/m.json"}}
+    assert same_setting(base, with_task_key)
+    assert not same_setting(base, {**base, "overrides": {"epochs": 30}})
+    assert not same_setting(base, {**base, "seeds": [0]})
+    assert not same_setting({}, base)
