@@ -125,6 +125,11 @@ def _hssl_aux_data(cfg: dict[str, Any]) -> None:
         {"_target_": "Resized", "keys": "image", "spatial_size": ["@image_size", "@image_size"], "mode": "area"},
         {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
     ]
+    writer = next(h for h in cfg["train"]["handlers"] if h["_target_"] == "common.handlers.TrainingMetricsWriter")
+    if not writer["extra"].endswith("}"):
+        raise ValueError("the baseline's TrainingMetricsWriter extra is no longer a dict expression")
+    # metrics.json reports what the auxiliary task learned from: items per dataset and per group
+    writer["extra"] = writer["extra"][:-1] + ", 'aggregate_counts': @aggregate['counts']}"
     aux = cfg["aux"]
     aux["dataset"]["data"] = "$@aggregate['items']"
     aux["dataset"]["transform"] = {"_target_": "Compose", "transforms": "@aux_load_transforms"}

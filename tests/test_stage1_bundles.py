@@ -64,6 +64,11 @@ def test_cli_short_run_writes_model_and_metrics(
     if name.endswith("_pretrain"):
         assert (bundle / "models" / "pretrained.pt").is_file()
         assert metrics["pretraining"]["epochs"] == 1 and "aux_loss" in metrics["pretraining"]["metrics"]
+    if name.startswith("hssl"):  # what the task learned from: the demo domains plus the target's training images
+        counts, split = metrics["training"]["aggregate_counts"], metrics["training"]["counts"]
+        assert counts["domain"]["target"] == split["training_labelled"] + split["training_unlabelled"]
+        assert len(counts["domain"]) == 6
+        assert sum(counts["group"].values()) == sum(counts["domain"].values())
 
 
 @pytest.mark.slow
