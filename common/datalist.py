@@ -247,6 +247,19 @@ def image_items(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"id": it["id"], "image": it["image"]} for it in items]
 
 
+def training_counts(
+    train_items: Sequence[dict[str, Any]], validation_items: Sequence[dict[str, Any]]
+) -> dict[str, int]:
+    """Labelled and unlabelled training items and validation items, from what the loaders actually get
+    (MONAI Label replaces ``train#dataset#data``/``validate#dataset#data``, not the datalist)."""
+    labelled = sum(1 for it in train_items if "label" in it or "rle" in it)
+    return {
+        "training_labelled": labelled,
+        "training_unlabelled": len(train_items) - labelled,
+        "validation": len(validation_items),
+    }
+
+
 def distillation_items(datalist: dict[str, list[dict[str, Any]]], use_unlabelled: bool = True) -> list[dict[str, Any]]:
     """Labelled training items (id, image and their label source) plus, optionally, the unlabelled ones.
 

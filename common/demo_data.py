@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import binary_erosion, gaussian_filter
@@ -87,6 +88,17 @@ def synthesize_case(size: int, rng: np.random.Generator, positive: bool, two_reg
     return SyntheticCase(image=(np.clip(image, 0, 1) * 255).astype(np.uint8), regions=regions)
 
 
+def save_dicom(ds: Any, path: str | Path) -> None:
+    """Write a dataset as a DICOM file with its file meta (pydicom 3 and 2.4, which MONAI Label's environment pins)."""
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(str(path), enforce_file_format=True)
+    else:  # pydicom 2.4: no enforce_file_format; the encoding must be set on the dataset
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(str(path), write_like_original=False)
+
+
 def _write_dicom(path: Path, pixels: np.ndarray, uids: tuple[str, str, str], index: int) -> None:
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
@@ -109,7 +121,7 @@ def _write_dicom(path: Path, pixels: np.ndarray, uids: tuple[str, str, str], ind
     ds.PixelSpacing = [0.168 * 1024 / pixels.shape[0]] * 2
     ds.PixelData = pixels.tobytes()
     with atomic_path(path) as tmp:
-        ds.save_as(str(tmp), enforce_file_format=True)
+        save_dicom(ds, tmp)
 
 
 def make_demo_siim(out_dir: str | Path, n_images: int = 200, size: int = 512, seed: int = 0) -> Path:
@@ -180,7 +192,7 @@ def _synthetic_dicom(
         setattr(ds, name, value)
     ds.PixelData = np.ascontiguousarray(pixels).tobytes()
     with atomic_path(path) as tmp:
-        ds.save_as(str(tmp), enforce_file_format=True)
+        save_dicom(ds, tmp)
 
 
 def _demo_ct_volume(size: int, rng: np.random.Generator) -> np.ndarray:

@@ -11,6 +11,7 @@ neither inverts MONOCHROME1 nor applies the VOI window, and X-ray normalisation 
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,27 @@ def _window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def pydicom_pixels() -> ModuleType:
+    """pydicom's pixel helpers (``apply_modality_lut``, ``apply_color_lut``) for pydicom 3 and 2.4.
+
+    ``pydicom.pixels`` in pydicom 3; ``pydicom.pixel_data_handlers.util`` in pydicom 2.4, which the
+    MONAI Label environment (requirements-label.txt) pins because monailabel's pydicom-seg needs pydicom < 3.
+    """
+    try:
+        import pydicom.pixels as helpers
+    except ImportError:  # pydicom < 3
+        from pydicom.pixel_data_handlers import util as helpers
+    return helpers
+
+
+def dicom_frame(ds: Any, index: int) -> np.ndarray:
+    """Decode one frame of a multi-frame DICOM (pydicom 3 decodes only that frame; 2.4 decodes all, then picks)."""
+    helpers = pydicom_pixels()
+    if hasattr(helpers, "pixel_array"):  # pydicom 3
+        return helpers.pixel_array(ds, index=index)
+    return ds.pixel_array[index]
+
+
 def read_dicom(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a single-frame grayscale DICOM as float32 [0,1] (rows, cols).
 
@@ -75,8 +97,8 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     JPEG Baseline and JPEG 2000 pixel data decode through the pylibjpeg plugins.
     """
     import pydicom
-    from pydicom.pixels import apply_modality_lut
 
+    helpers = pydicom_pixels()
     try:
         ds = pydicom.dcmread(str(path))
         if "PixelData" not in ds:
@@ -89,9 +111,7 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames == 1 and photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
-
-        pixels = apply_color_lut(pixels, ds)
+        pixels = helpers.apply_color_lut(pixels, ds)
     if frames == 1 and pixels.ndim == 3 and pixels.shape[-1] == 3:  # RGB (pydicom already converted YBR)
         pixels = pixels @ np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, as PIL's convert("L")
         photometric = f"{photometric}->gray"
@@ -102,7 +122,7 @@ def read_dicom(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     values = (
         pixels.astype(np.float64)
         if "->gray" in photometric or "PALETTE" in photometric
-        else (apply_modality_lut(pixels, ds).astype(np.float64))
+        else (helpers.apply_modality_lut(pixels, ds).astype(np.float64))
     )
     if "WindowCenter" in ds and "WindowWidth" in ds:
         image = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth))

@@ -52,7 +52,9 @@ from common.imaging import (
     _read_pil_array,
     _to_unit_range,
     _window,
+    dicom_frame,
     image_format,
+    pydicom_pixels,
 )
 
 logger = logging.getLogger(__name__)
@@ -159,10 +161,8 @@ def _frame_count(ds: Any) -> int:
 
 def _decode_dicom(ds: Any, path: str | Path, frame: int | None) -> np.ndarray:
     """Decoded pixels: one frame (rows, cols[, 3]) when ``frame`` is given, else all of them."""
-    from pydicom.pixels import pixel_array
-
     try:
-        return pixel_array(ds, index=frame) if frame is not None else ds.pixel_array
+        return dicom_frame(ds, frame) if frame is not None else ds.pixel_array
     except Exception as e:
         where = f"{path} frame {frame}" if frame is not None else str(path)
         raise ImageReadError(f"{where}: pixel data cannot be decoded ({type(e).__name__}: {_one_line(e)})") from e
@@ -189,13 +189,10 @@ def _dicom_values(ds: Any, pixels: np.ndarray, frame: int) -> tuple[np.ndarray, 
 
 
 def _apply_dicom_luts(ds: Any, pixels: np.ndarray, frame: int) -> tuple[np.ndarray, dict[str, Any]]:
-    from pydicom.pixels import apply_modality_lut
-
+    helpers = pydicom_pixels()
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
-
-        pixels = apply_color_lut(pixels, ds)
+        pixels = helpers.apply_color_lut(pixels, ds)
     if pixels.ndim == 3 and pixels.shape[-1] == 3:  # RGB (pydicom already converted YBR) -> luma
         return pixels.astype(np.float64) @ LUMA, {}
     if pixels.ndim != 2:
@@ -204,7 +201,7 @@ def _apply_dicom_luts(ds: Any, pixels: np.ndarray, frame: int) -> tuple[np.ndarr
     if rescale is not None and "RescaleSlope" in rescale and "RescaleIntercept" in rescale:
         values = pixels.astype(np.float64) * float(rescale.RescaleSlope) + float(rescale.RescaleIntercept)
     else:
-        values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+        values = np.asarray(helpers.apply_modality_lut(pixels, ds), dtype=np.float64)
     voi = _functional_item(ds, frame, "FrameVOILUTSequence") or ds
     window = None
     if "WindowCenter" in voi and "WindowWidth" in voi:

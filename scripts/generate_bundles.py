@@ -545,7 +545,6 @@ def readme(variant: Variant) -> str:
     return "\n".join(lines)
 
 
-
 def _with_soft_key(augmentations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The baseline's augmentations, moving the soft target wherever they move the label."""
     out = copy.deepcopy(augmentations)

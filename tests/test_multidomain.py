@@ -295,7 +295,13 @@ def test_datalist_names_indices_counts(tmp_path: Path) -> None:
     assert all(Path(it["image"]).is_absolute() and "frame" not in it for it in datalist["items"])
     assert datalist["ignored_files"] == [str((tmp_path / "a" / "notes.txt").resolve())]
     assert datalist["skipped"] == [] and datalist["skipped_empty_slices"] == {"cxr": 0, "brain": 0, "eye": 0}
-    assert datalist["settings"] == {"axis": 2, "stride": 1, "min_foreground": 0.05, "ct_window": [-1000.0, 400.0]}
+    assert datalist["settings"] == {
+        "axis": 2,
+        "stride": 1,
+        "min_foreground": 0.05,
+        "ct_window": [-1000.0, 400.0],
+        "exclude": [],
+    }
     json.dumps(datalist)  # plain JSON
     assert build_multidomain_datalist(three_domains(tmp_path), workers=2) == datalist
 
