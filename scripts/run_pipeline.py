@@ -60,7 +60,7 @@ SCALES: dict[str, dict[str, Any]] = {
     "full": {},
 }  # fmt: skip
 PER_BUNDLE: dict[str, dict[str, dict[str, Any]]] = {
-    "demo": {"distill": {"epochs": 10}},
+    "demo": {"distill": {"epochs": 30}},
     "small": {"distill": {"epochs": 20}},
 }
 
