@@ -10,6 +10,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
+from common.datalist import build_datalist, scan_dataset
 from common.networks import seg_head_prefix
 from scripts.generate_bundles import main as generate
 from scripts.generate_bundles import variants
@@ -65,8 +66,9 @@ def test_cli_short_run_writes_model_and_metrics(
         assert (bundle / "models" / "pretrained.pt").is_file()
         assert metrics["pretraining"]["epochs"] == 1 and "aux_loss" in metrics["pretraining"]["metrics"]
     if name.startswith("hssl"):  # what the task learned from: the demo domains plus the target's training images
-        counts, split = metrics["training"]["aggregate_counts"], metrics["training"]["counts"]
-        assert counts["domain"]["target"] == split["training_labelled"] + split["training_unlabelled"]
+        counts = metrics["training"]["aggregate_counts"]
+        split = build_datalist(scan_dataset(tiny_siim), 0.5, 0)  # the bundle's own split (seed 0)
+        assert counts["domain"]["target"] == len(split["training_labelled"]) + len(split["training_unlabelled"])
         assert len(counts["domain"]) == 6
         assert sum(counts["group"].values()) == sum(counts["domain"].values())
 
