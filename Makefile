@@ -64,4 +64,4 @@ benchmark: demo-data
 	$(PY) scripts/benchmark.py
 
 clean:
-	rm -rf $(VENV) demo_data runs bundles/*/models/*.pt bundles/*/models/*.json bundles/*/cache bundles/*/logs bundles/*/eval
+	rm -rf $(VENV) $(LABEL_VENV) demo_data runs dist bundles/*/models/*.pt bundles/*/models/*.json bundles/*/cache bundles/*/logs bundles/*/eval
