@@ -190,10 +190,10 @@ def _timed_pretexts(model: Any, clock: dict[str, float]) -> None:
     for task in getattr(model, "tasks", {}).values():
         original = task.pretext
 
-        def timed(images, generator, _original=original):
+        def timed(images, generator, _original=original, **labels):  # labels: tasks with label_keys (hssl)
             sync()
             t0 = time.perf_counter()
-            out = _original(images, generator)
+            out = _original(images, generator, **labels)
             sync()
             clock["pretext"] += time.perf_counter() - t0
             return out
