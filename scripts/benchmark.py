@@ -31,7 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common.demo_data import make_demo_siim  # noqa: E402
+from common.data.demo import make_demo_siim  # noqa: E402
 
 TRAIN_CONFIG = REPO / "bundles" / "baseline" / "configs" / "train.json"
 
@@ -246,7 +246,7 @@ def _selection_of_random_teachers(root: Path, n: int) -> Path:
 
     from monai.bundle import ConfigParser
 
-    from common.teachers import file_sha256
+    from common.distill.teachers import file_sha256
 
     parser = ConfigParser()
     parser.read_config(str(TRAIN_CONFIG))

@@ -10,7 +10,7 @@ fill in when the zoo hosts them), ``MANIFEST.sha256`` and the repository's ``com
 ``<name>/common``. Nothing else: no cache, logs, eval outputs, other checkpoints or ``__pycache__``.
 It also records the zip in ``dist/model_info.json`` (``<name>_v<version>``: version, source, sha1), as the
 MONAI model zoo does. The metadata must pass ``verify_metadata`` against the schema kept in
-``common/schemas`` (offline) or nothing is written.
+``common/deploy/schemas`` (offline) or nothing is written.
 
 The configs are copied unchanged. Their ``$import common`` finds ``<name>/common`` because the bundle
 folder is on ``sys.path`` before the first config item is resolved: ``ConfigWorkflow.run()`` inserts it
@@ -18,7 +18,7 @@ folder is on ``sys.path`` before the first config item is resolved: ``ConfigWork
 ``inference.json`` from any directory since its ``initialize`` list is empty; ``train.json`` resolves
 its imports in ``initialize``, before ``run()``, so run it from the bundle folder (the current directory
 is on ``sys.path``), as the zoo's instructions do. Unpack received zips with
-``common.zoo.extract_bundle``, which checks the sha1, the manifest and the checkpoints.
+``common.deploy.zoo.extract_bundle``, which checks the sha1, the manifest and the checkpoints.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common.io import atomic_path, atomic_write_json  # noqa: E402
-from common.zoo import MANIFEST, file_digest, load_weights, manifest_text  # noqa: E402
+from common.deploy.zoo import MANIFEST, file_digest, load_weights, manifest_text  # noqa: E402
+from common.utils.io import atomic_path, atomic_write_json  # noqa: E402
 
-SCHEMA = REPO / "common" / "schemas" / "bundle_meta_schema.json"
+SCHEMA = REPO / "common" / "deploy" / "schemas" / "bundle_meta_schema.json"
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml", ".conf")
 LARGE_FILES = "large_files.yml"
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same files give the same zip bytes

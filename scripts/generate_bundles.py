@@ -99,7 +99,9 @@ def _aux_blocks(cfg: dict[str, Any], variant: Variant) -> None:
     # half the segmentation batch: the auxiliary pass then costs about half a segmentation step
     cfg["aux_batch_size"] = "$max(2, @batch_size // 2)"
     dataset = copy.deepcopy(cfg["train"]["dataset"])
-    dataset["data"] = "$common.datalist.image_items(@datalist['training_labelled'] + @datalist['training_unlabelled'])"
+    dataset["data"] = (
+        "$common.data.datalist.image_items(@datalist['training_labelled'] + @datalist['training_unlabelled'])"
+    )
     dataset["transform"] = {"_target_": "Compose", "transforms": "@load_transforms"}
     loader = copy.deepcopy(cfg["train"]["dataloader"])
     loader.update(dataset="@aux#dataset", batch_size="@aux_batch_size", drop_last=True)
@@ -111,22 +113,24 @@ def _aux_blocks(cfg: dict[str, Any], variant: Variant) -> None:
 def _hssl_aux_data(cfg: dict[str, Any]) -> None:
     """HSSL's auxiliary batches: the multi-domain aggregate plus the target's training images, with
     dataset and group labels, every domain drawn equally often (``balanced_domains``)."""
-    cfg["multidomain_datalist"] = "$os.path.join(common.bundle.demo_data_dir('multidomain'), 'datalist.json')"
+    cfg["multidomain_datalist"] = "$os.path.join(common.utils.bundle.demo_data_dir('multidomain'), 'datalist.json')"
     cfg["multidomain_domains"] = None  # all of the datalist's domains; e.g. ['cxr'] for single-domain
     cfg["include_target_images"] = True
     cfg["balanced_domains"] = True
     cfg["aggregate"] = (
-        "$common.aggregate.hssl_aux_data(@multidomain_datalist, @datalist, @multidomain_domains, "
+        "$common.data.aggregate.hssl_aux_data(@multidomain_datalist, @datalist, @multidomain_domains, "
         "@include_target_images)"
     )
     cfg["hssl_term_weights"] = {"contrastive": 1.0, "domain": 1.0, "group": 1.0, "dense": 1.0}
     cfg["aux_task_options"] = {HSSL: {"n_domains": "$len(@aggregate['domains'])", "term_weights": "@hssl_term_weights"}}
     cfg["aux_load_transforms"] = [
-        {"_target_": "common.multidomain.LoadSliced", "keys": "image"},
+        {"_target_": "common.data.multidomain.LoadSliced", "keys": "image"},
         {"_target_": "Resized", "keys": "image", "spatial_size": ["@image_size", "@image_size"], "mode": "area"},
         {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
     ]
-    writer = next(h for h in cfg["train"]["handlers"] if h["_target_"] == "common.handlers.TrainingMetricsWriter")
+    writer = next(
+        h for h in cfg["train"]["handlers"] if h["_target_"] == "common.training.handlers.TrainingMetricsWriter"
+    )
     if not writer["extra"].endswith("}"):
         raise ValueError("the baseline's TrainingMetricsWriter extra is no longer a dict expression")
     # metrics.json reports what the auxiliary task learned from: items per dataset and per group
@@ -135,7 +139,7 @@ def _hssl_aux_data(cfg: dict[str, Any]) -> None:
     aux["dataset"]["data"] = "$@aggregate['items']"
     aux["dataset"]["transform"] = {"_target_": "Compose", "transforms": "@aux_load_transforms"}
     aux["sampler"] = (
-        "$common.multidomain.balanced_sampler(@aggregate['items'], seed=@seed) if @balanced_domains else None"
+        "$common.data.multidomain.balanced_sampler(@aggregate['items'], seed=@seed) if @balanced_domains else None"
     )
     aux["dataloader"]["sampler"] = "@aux#sampler"
     aux["dataloader"]["shuffle"] = "$not @balanced_domains"
@@ -150,7 +154,7 @@ def joint_train(variant: Variant) -> dict[str, Any]:
     cfg = _load("train.json")
     _aux_blocks(cfg, variant)
     cfg["multitask_network"] = {
-        "_target_": "common.networks.MultiTaskUNet",
+        "_target_": "common.training.networks.MultiTaskUNet",
         "seg_net": "@network",
         "tasks": _tasks_expr(),
     }
@@ -158,7 +162,7 @@ def joint_train(variant: Variant) -> dict[str, Any]:
     cfg["train"]["additional_metrics"] = {"seg_loss": _average("seg_loss"), "aux_loss": _average("aux_loss")}
     trainer = cfg["train"]["trainer"]
     trainer.update(
-        _target_="common.engines.MultiTaskTrainer",
+        _target_="common.training.engines.MultiTaskTrainer",
         network="@multitask_network",
         aux_data_loader="@aux#dataloader",
         task_weights="@aux_weights",
@@ -174,8 +178,8 @@ PRETRAIN_STATE = {
     "lr_scheduler": "@pretrain#lr_scheduler",
     "trainer": "@pretrain#trainer",
 }
-PRETRAIN_RESUMABLE = "@resume and common.bundle.has_checkpoint(@ckpt_dir, 'pretrain_')"
-FINETUNE_RESUMABLE = "@resume and common.bundle.has_checkpoint(@ckpt_dir)"
+PRETRAIN_RESUMABLE = "@resume and common.utils.bundle.has_checkpoint(@ckpt_dir, 'pretrain_')"
+FINETUNE_RESUMABLE = "@resume and common.utils.bundle.has_checkpoint(@ckpt_dir)"
 BASELINE_LOADER_STEP = "$@train#checkpoint_loader.attach(@train#trainer) if @resume else None"
 
 
@@ -194,7 +198,7 @@ def _pretrain_block() -> dict[str, Any]:
     return {
         "seg_net": "$copy.deepcopy(@network_def).to(@device)",
         "network": {
-            "_target_": "common.networks.MultiTaskUNet",
+            "_target_": "common.training.networks.MultiTaskUNet",
             "seg_net": "@pretrain#seg_net",
             "tasks": _tasks_expr(),
         },
@@ -225,12 +229,12 @@ def _pretrain_block() -> dict[str, Any]:
         "checkpoint_loader": {
             "_target_": "CheckpointLoader",
             "_disabled_": f"$not ({PRETRAIN_RESUMABLE})",
-            "load_path": f"$common.bundle.latest_checkpoint(@ckpt_dir, 'pretrain_') if {PRETRAIN_RESUMABLE} else ''",
+            "load_path": f"$common.utils.bundle.latest_checkpoint(@ckpt_dir, 'pretrain_') if {PRETRAIN_RESUMABLE} else ''",
             "load_dict": PRETRAIN_STATE,
             "map_location": "@device",
         },
         "trainer": {
-            "_target_": "common.engines.PretextTrainer",
+            "_target_": "common.training.engines.PretextTrainer",
             "device": "@device",
             "max_epochs": "@pretrain_epochs",
             "train_data_loader": "@aux#dataloader",
@@ -247,7 +251,7 @@ def _pretrain_block() -> dict[str, Any]:
 
 
 RUN_PRETRAINING = (
-    "$common.engines.run_pretraining(@pretrain#trainer, @pretrain#seg_net, @pretrained_file, @metrics_file)"
+    "$common.training.engines.run_pretraining(@pretrain#trainer, @pretrain#seg_net, @pretrained_file, @metrics_file)"
 )
 
 
@@ -264,14 +268,14 @@ def pretrain_train(variant: Variant) -> dict[str, Any]:
     cfg["run"] = [*_pretrain_run_prefix(), *_finetune_steps(cfg["run"])]
     loader = cfg["train"]["checkpoint_loader"]
     loader["_disabled_"] = f"$not ({FINETUNE_RESUMABLE})"
-    loader["load_path"] = f"$common.bundle.latest_checkpoint(@ckpt_dir) if {FINETUNE_RESUMABLE} else ''"
+    loader["load_path"] = f"$common.utils.bundle.latest_checkpoint(@ckpt_dir) if {FINETUNE_RESUMABLE} else ''"
     return cfg
 
 
 def _pretrain_checkpointing() -> list[str]:
     """Attach the pre-training phase's per-epoch saver, and its loader when resuming that phase."""
     return [
-        "$common.bundle.require_resumable(@ckpt_dir, ['', 'pretrain_']) if @resume else None",
+        "$common.utils.bundle.require_resumable(@ckpt_dir, ['', 'pretrain_']) if @resume else None",
         "$@pretrain#checkpoint_saver.attach(@pretrain#trainer) if not @non_main_rank else None",
         f"$@pretrain#checkpoint_loader.attach(@pretrain#trainer) if {PRETRAIN_RESUMABLE} else None",
     ]
@@ -282,7 +286,7 @@ def _pretrain_run_prefix() -> list[str]:
     run_if_needed = RUN_PRETRAINING + " if @force_pretrain or not os.path.isfile(@pretrained_file) else None"
     # loaded in place at run time (not when the network is built), so the workflow initialises and
     # passes its property checks before any pre-training exists; a resume checkpoint loads over it
-    load = "$common.networks.with_pretrained(@network, @pretrained_file)"
+    load = "$common.training.networks.with_pretrained(@network, @pretrained_file)"
     return [*_pretrain_checkpointing(), run_if_needed, load]
 
 
@@ -331,7 +335,7 @@ def multi_gpu(variant: Variant) -> dict[str, Any]:
     if HSSL in variant.tasks:  # domain-balanced draws, sharded over the ranks
         cfg["aux#sampler"] = (
             "$monai.data.DistributedWeightedRandomSampler(@aux#dataset, "
-            "common.multidomain.domain_balanced_weights(@aggregate['items']), even_divisible=True) "
+            "common.data.multidomain.domain_balanced_weights(@aggregate['items']), even_divisible=True) "
             "if @balanced_domains else monai.data.DistributedSampler(@aux#dataset, even_divisible=True, shuffle=True)"
         )
     cfg["aux#dataloader#sampler"] = "@aux#sampler"
@@ -500,13 +504,13 @@ def readme(variant: Variant) -> str:
         lines += [
             "Joint mode: every iteration draws a labelled segmentation batch and, separately, an auxiliary batch",
             "from all training images (labelled and unlabelled, labels stripped); the loss is",
-            "`L_seg + sum_i lambda_i * L_i` (`common.engines.MultiTaskTrainer`). Everything else (data, network,",
+            "`L_seg + sum_i lambda_i * L_i` (`common.training.engines.MultiTaskTrainer`). Everything else (data, network,",
             "optimiser, validation, checkpoints, metrics) is the baseline's; see `bundles/baseline/docs/README.md`.",
         ]
     else:
         lines += [
             "Pre-training mode: first the auxiliary task alone on all training images",
-            "(`common.engines.PretextTrainer`, `pretrain_epochs`, weights written to `models/pretrained.pt`),",
+            "(`common.training.engines.PretextTrainer`, `pretrain_epochs`, weights written to `models/pretrained.pt`),",
             "then the shared U-Net weights are loaded into a fresh U-Net (segmentation head kept fresh) and",
             "fine-tuned with the baseline recipe. `configs/train.json` runs both phases (the first only when",
             "`models/pretrained.pt` is missing or `--force_pretrain true`); `configs/pretrain.json` runs the",
@@ -571,17 +575,17 @@ def distill_train() -> dict[str, Any]:
         use_unlabelled=True,
     )
     cfg["ensemble"] = (
-        "$common.teachers.load_ensemble(@teachers_file, @network_def, @device, @temperature, @teacher_tasks)"
+        "$common.distill.teachers.load_ensemble(@teachers_file, @network_def, @device, @temperature, @teacher_tasks)"
     )
     cfg["distill_loss"] = {
-        "_target_": "common.kd.DistillationLoss",
+        "_target_": "common.training.kd.DistillationLoss",
         "seg_loss": "@loss",
         "kind": "@kd_loss_kind",
         "temperature": "@temperature",
         "alpha": "@alpha",
     }
     cfg["soft_target_cache"] = {
-        "_target_": "common.soft_targets.SoftTargetCache",
+        "_target_": "common.distill.soft_targets.SoftTargetCache",
         "transform": "@load_transforms",
         "cache_dir": "@cache_dir",
         "device": "@device",
@@ -590,16 +594,19 @@ def distill_train() -> dict[str, Any]:
     }
     train = cfg["train"]
     train["augmentations"] = _with_soft_key(train["augmentations"])
-    train["mark_labelled"] = {"_target_": "common.transforms.MarkLabelledd"}
-    train["soft_target_loader"] = {"_target_": "common.soft_targets.LoadSoftTargetd", "cache": "@soft_target_cache"}
+    train["mark_labelled"] = {"_target_": "common.data.transforms.MarkLabelledd"}
+    train["soft_target_loader"] = {
+        "_target_": "common.distill.soft_targets.LoadSoftTargetd",
+        "cache": "@soft_target_cache",
+    }
     train["preprocessing"]["transforms"] = (
         "$@load_transforms + [@train#mark_labelled] "
         "+ ([@train#soft_target_loader] if @soft_targets == 'cached' else []) + @train#augmentations"
     )
-    train["dataset"]["data"] = "$common.datalist.distillation_items(@datalist, @use_unlabelled)"
+    train["dataset"]["data"] = "$common.data.datalist.distillation_items(@datalist, @use_unlabelled)"
     train["additional_metrics"] = {"kd_loss": _average("kd_loss"), "seg_loss": _average("seg_loss")}
     train["trainer"].update(
-        _target_="common.engines.DistillationTrainer",
+        _target_="common.training.engines.DistillationTrainer",
         loss_function="@distill_loss",
         additional_metrics="@train#additional_metrics",
     )
@@ -610,12 +617,12 @@ def distill_train() -> dict[str, Any]:
 def _distill_run_prefix() -> list[str]:
     """What runs before the baseline's ``run`` steps: check the selection, then set up the soft targets."""
     prepare = (
-        "$common.soft_targets.prepare_soft_targets(@soft_targets, @ensemble, @soft_target_cache, @train#dataset.data, "
+        "$common.distill.soft_targets.prepare_soft_targets(@soft_targets, @ensemble, @soft_target_cache, @train#dataset.data, "
         "'' if @non_main_rank else @metrics_file, "
         "{'kd_loss': @kd_loss_kind, 'temperature': @temperature, 'alpha': @alpha, 'use_unlabelled': @use_unlabelled}, "
         "@train#trainer)"
     )
-    check = "$common.teachers.exit_unless_selection(@teachers_file, @teacher_tasks)"
+    check = "$common.distill.teachers.exit_unless_selection(@teachers_file, @teacher_tasks)"
     return [check, prepare]
 
 
@@ -637,7 +644,7 @@ def evaluate_ensemble() -> dict[str, Any]:
             h["section"] = "$'ensemble_' + @eval_split"
             h["checkpoint"] = "@teachers_file"
     return {
-        "network": "$common.teachers.load_ensemble(@teachers_file, @network_def, @device, 1.0, @teacher_tasks)",
+        "network": "$common.distill.teachers.load_ensemble(@teachers_file, @network_def, @device, 1.0, @teacher_tasks)",
         "validate#handlers": handlers,
     }
 
@@ -670,10 +677,10 @@ def distill_readme() -> str:
             "better of its joint and pre-training bundles).",
             "",
             "- Soft target: the mean of the teachers' sigmoid probabilities at temperature `temperature`",
-            "  (`common.teachers.TeacherEnsemble`). Teachers are loaded from `models/teachers.json`; each",
+            "  (`common.distill.teachers.TeacherEnsemble`). Teachers are loaded from `models/teachers.json`; each",
             "  checkpoint's sha256 is verified and the run stops at once, naming the file and the command to run,",
             "  when the selection or a teacher is missing or changed.",
-            "- Loss (`common.kd.DistillationLoss`): `L_kd(student, ensemble) + alpha * L_seg(student, label)` on",
+            "- Loss (`common.training.kd.DistillationLoss`): `L_kd(student, ensemble) + alpha * L_seg(student, label)` on",
             "  labelled images, `L_kd` alone on unlabelled training images (`use_unlabelled`, on by default: our",
             "  extension). `kd_loss_kind`: `bce` (soft-target cross-entropy, default), `kl` or `mse`; all scaled",
             "  by T^2. `L_seg` is the baseline's Dice + focal loss, averaged over the labelled images of a batch.",

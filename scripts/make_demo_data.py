@@ -5,7 +5,7 @@ python scripts/make_demo_data.py --out demo_data/siim --n-images 200 --size 512 
     --multidomain-out demo_data/multidomain
 
 The multi-domain set (CT volume, multi-frame MR, ultrasound, fundus, hand radiograph; all drawn)
-comes with ``<multidomain-out>/datalist.json`` built by common.multidomain.build_multidomain_datalist,
+comes with ``<multidomain-out>/datalist.json`` built by common.data.multidomain.build_multidomain_datalist,
 whose image paths are absolute (the output folder resolved), so bundles can use it from anywhere.
 Pass ``--multidomain-out ""`` to skip it.
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.demo_data import make_demo_multidomain, make_demo_siim
-from common.io import atomic_write_json
-from common.multidomain import build_multidomain_datalist
+from common.data.demo import make_demo_multidomain, make_demo_siim
+from common.data.multidomain import build_multidomain_datalist
+from common.utils.io import atomic_write_json
 
 
 def write_multidomain(out_dir: str | Path, seed: int = 0) -> dict:

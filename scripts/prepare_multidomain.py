@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.io import atomic_write_json
-from common.multidomain import CT_WINDOW, GROUPS, build_multidomain_datalist
+from common.data.multidomain import CT_WINDOW, GROUPS, build_multidomain_datalist
+from common.utils.io import atomic_write_json
 
 
 def parse_source(text: str) -> tuple[str, str, str]:

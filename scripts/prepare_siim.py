@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.datalist import DataValidationError, build_datalist, scan_folder, scan_siim
-from common.io import atomic_write_json
+from common.data.datalist import DataValidationError, build_datalist, scan_folder, scan_siim
+from common.utils.io import atomic_write_json
 
 
 def main(argv: list[str] | None = None) -> int:

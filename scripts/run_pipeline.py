@@ -40,11 +40,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common.datalist import DataValidationError, build_datalist, scan_dataset  # noqa: E402
-from common.handlers import read_metrics_file  # noqa: E402
-from common.io import atomic_write_json  # noqa: E402
-from common.report import write_report  # noqa: E402
-from common.teachers import file_sha256  # noqa: E402
+from common.data.datalist import DataValidationError, build_datalist, scan_dataset  # noqa: E402
+from common.distill.teachers import file_sha256  # noqa: E402
+from common.utils.io import atomic_write_json  # noqa: E402
+from common.utils.metrics import read_metrics_file  # noqa: E402
+from pipeline.report import write_report  # noqa: E402
 from scripts.generate_bundles import ALL_TASKS  # noqa: E402
 
 BUNDLES = REPO / "bundles"

@@ -28,7 +28,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common.io import atomic_write_json  # noqa: E402
+from common.utils.io import atomic_write_json  # noqa: E402
 from scripts.generate_bundles import ALL_TASKS  # noqa: E402
 
 MODES = ("joint", "pretrain")

@@ -27,9 +27,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common.handlers import read_metrics_file  # noqa: E402
-from common.io import atomic_write_json  # noqa: E402
-from common.report import stats  # noqa: E402
+from common.utils.io import atomic_write_json  # noqa: E402
+from common.utils.metrics import read_metrics_file  # noqa: E402
+from pipeline.report import stats  # noqa: E402
 from scripts.generate_bundles import ALL_TASKS  # noqa: E402
 from scripts.run_pipeline import (  # noqa: E402
     BUNDLES,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common.demo_data import make_demo_siim
+from common.data.demo import make_demo_siim
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

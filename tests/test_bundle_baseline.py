@@ -14,10 +14,10 @@ import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 from PIL import Image
 
-from common.datalist import load_or_build_datalist
+from common.data.datalist import load_or_build_datalist
 from tests.conftest import BASELINE, REPO, read_json, run_bundle, run_torchrun, shared_path, tiny_train_overrides
 
-SCHEMA = REPO / "common" / "schemas" / "bundle_meta_schema.json"
+SCHEMA = REPO / "common" / "deploy" / "schemas" / "bundle_meta_schema.json"
 CONFIGS = BASELINE / "configs"
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.datalist import DataValidationError, load_or_build_datalist, scan_siim, split_items
+from common.data.datalist import DataValidationError, load_or_build_datalist, scan_siim, split_items
 from scripts.prepare_siim import main as prepare_siim
 from tests.conftest import read_json, shared_path
 

@@ -8,9 +8,9 @@ from monai.data import DataLoader, Dataset
 from monai.losses import DiceFocalLoss
 from monai.networks.nets import UNet
 
-from common.engines import MultiTaskTrainer, PretextTrainer
-from common.networks import MultiTaskUNet, seg_head_prefix
 from common.ssl import create_task
+from common.training.engines import MultiTaskTrainer, PretextTrainer
+from common.training.networks import MultiTaskUNet, seg_head_prefix
 
 
 def _data(n: int, labelled: bool) -> list[dict]:
@@ -96,14 +96,14 @@ def test_weights_for_unknown_tasks_are_refused() -> None:
 
 
 def test_an_empty_auxiliary_loader_is_an_error_not_a_hang() -> None:
-    from common.engines import cycle
+    from common.training.engines import cycle
 
     with pytest.raises(ValueError, match="yields no batch"):
         next(cycle(DataLoader(Dataset(_data(1, False)), batch_size=2, drop_last=True)))
 
 
 def test_auxiliary_passes_leave_batch_norm_running_statistics_alone() -> None:
-    from common.engines import AuxiliaryObjective
+    from common.training.engines import AuxiliaryObjective
 
     model = _model("genesis").train()
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}

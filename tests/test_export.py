@@ -20,11 +20,11 @@ import yaml
 from monai.bundle import ConfigParser, verify_metadata
 from PIL import Image
 
-from common.zoo import MANIFEST, BundleZipError, extract_bundle, load_weights
+from common.deploy.zoo import MANIFEST, BundleZipError, extract_bundle, load_weights
 from scripts.export_bundle import large_file_entries
 from tests.conftest import REPO, copy_bundle, read_json, run_bundle, tiny_train_overrides
 
-SCHEMA = REPO / "common" / "schemas" / "bundle_meta_schema.json"
+SCHEMA = REPO / "common" / "deploy" / "schemas" / "bundle_meta_schema.json"
 VERSION = read_json(REPO / "bundles" / "baseline" / "configs" / "metadata.json")["version"]
 KEY = f"baseline_v{VERSION}"
 
@@ -82,7 +82,7 @@ def test_zip_holds_the_bundle_and_nothing_else(exported: Path, trained: Path) ->
     assert {
         "configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/logging.conf",
         "docs/README.md", "LICENSE", "large_files.yml", MANIFEST,
-        "common/__init__.py", "common/transforms.py", "common/dicom_seg.py", "common/ssl/__init__.py",
+        "common/__init__.py", "common/data/transforms.py", "common/deploy/dicom_seg.py", "common/ssl/__init__.py",
     } <= rel  # fmt: skip
     assert {r for r in rel if r.startswith("models/")} == {"models/model.pt", "models/model.ts"}
     for part in ("__pycache__", ".pyc", "cache/", "logs/", "eval/", "checkpoint", "metrics.json", ".gitkeep"):

@@ -9,7 +9,8 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
-from common.handlers import EvaluationMetricsWriter, TrainingMetricsWriter, read_metrics_file
+from common.training.handlers import EvaluationMetricsWriter, TrainingMetricsWriter
+from common.utils.metrics import read_metrics_file
 
 
 def _evaluator(dice: float, trainer_epoch=lambda: 1) -> Engine:

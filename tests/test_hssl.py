@@ -10,12 +10,12 @@ import pytest
 import torch
 from monai.networks.nets import UNet
 
-from common.aggregate import hssl_aux_data
-from common.engines import AuxiliaryObjective, _labels
-from common.multidomain import GROUPS
-from common.networks import MultiTaskUNet
+from common.data.aggregate import hssl_aux_data
+from common.data.multidomain import GROUPS
 from common.ssl import TASKS, create_task, create_tasks
 from common.ssl.hssl import HSSLTask
+from common.training.engines import AuxiliaryObjective, _labels
+from common.training.networks import MultiTaskUNet
 
 
 def _unet() -> UNet:

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from common.imaging import ImageReadError, list_images, read_image, read_mask, stem
+from common.data.imaging import ImageReadError, list_images, read_image, read_mask, stem
 from tests.conftest import shared_path
 
 

@@ -12,12 +12,18 @@ import torch
 from monai.networks.nets import UNet
 from monai.transforms import Compose
 
-from common.datalist import distillation_items, load_or_build_datalist
-from common.engines import DistillationTrainer
-from common.kd import DistillationLoss, kd_loss
-from common.soft_targets import LoadSoftTargetd, SoftTargetCache
-from common.teachers import TeacherEnsemble, TeacherSelectionError, exit_unless_selection, file_sha256, load_ensemble
-from common.transforms import LoadMaskd, LoadXrayd, MarkLabelledd
+from common.data.datalist import distillation_items, load_or_build_datalist
+from common.data.transforms import LoadMaskd, LoadXrayd, MarkLabelledd
+from common.distill.soft_targets import LoadSoftTargetd, SoftTargetCache
+from common.distill.teachers import (
+    TeacherEnsemble,
+    TeacherSelectionError,
+    exit_unless_selection,
+    file_sha256,
+    load_ensemble,
+)
+from common.training.engines import DistillationTrainer
+from common.training.kd import DistillationLoss, kd_loss
 
 
 def _sig(x: float) -> float:

@@ -1,4 +1,4 @@
-"""Multi-domain data layer (common/multidomain.py): readers, normalisation, datalist, sampling, CLI, demo set."""
+"""Multi-domain data layer (common/data/multidomain.py): readers, normalisation, datalist, sampling, CLI, demo set."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from common.demo_data import _synthetic_dicom, make_demo_multidomain
-from common.imaging import read_dicom, read_image
-from common.multidomain import (
+from common.data.demo import _synthetic_dicom, make_demo_multidomain
+from common.data.imaging import read_dicom, read_image
+from common.data.multidomain import (
     CT_WINDOW,
     GROUPS,
     LoadSliced,
@@ -427,7 +427,7 @@ def test_load_sliced_then_resized_collates(demo: dict, tmp_path: Path) -> None:
     from monai.data.utils import pickle_hashing
     from monai.transforms import Compose, Resized
 
-    from common.cache import source_aware_hash
+    from common.data.cache import source_aware_hash
 
     transform = Compose([LoadSliced(keys="image"), Resized(keys="image", spatial_size=(64, 64))])
     picks = [next(it for it in demo["items"] if it["domain"] == d) for d in demo["domains"]]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from monai.networks.nets import UNet
 
-from common.networks import MultiTaskUNet, seg_head_prefix, transfer_pretrained
 from common.ssl import create_task
+from common.training.networks import MultiTaskUNet, seg_head_prefix, transfer_pretrained
 
 
 def _unet(seed: int) -> UNet:

@@ -7,8 +7,8 @@ import csv
 import numpy as np
 import pytest
 
-from common.imaging import read_image
-from common.rle import RLEError, decode_rle, decode_union, encode_rle
+from common.data.imaging import read_image
+from common.data.rle import RLEError, decode_rle, decode_union, encode_rle
 from tests.conftest import shared_path
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from monai.networks.nets import UNet
 
-from common.demo_data import synthesize_case
-from common.networks import MultiTaskUNet
+from common.data.demo import synthesize_case
 from common.ssl import TASKS, create_task
 from common.ssl.jigsaw import max_hamming_permutations
 from common.ssl.transforms import RandPretextd
+from common.training.networks import MultiTaskUNet
 
 FIVE = ["contrastive", "genesis", "inpainting", "jigsaw", "rotation"]
 

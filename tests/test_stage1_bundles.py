@@ -10,8 +10,8 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-from common.datalist import build_datalist, scan_dataset
-from common.networks import seg_head_prefix
+from common.data.datalist import build_datalist, scan_dataset
+from common.training.networks import seg_head_prefix
 from scripts.generate_bundles import main as generate
 from scripts.generate_bundles import variants
 from tests.conftest import REPO, copy_bundle, read_json, run_bundle, run_torchrun, tiny_train_overrides
@@ -94,7 +94,9 @@ def test_pretrain_then_train_hands_the_weights_over(
     workflow.initialize()
     network = workflow.parser.get_parsed_content("network")
     before = {k: v.clone() for k, v in network.state_dict().items()}
-    hand_off = [i for i, step in enumerate(workflow.parser["run"]) if "common.networks.with_pretrained" in step]
+    hand_off = [
+        i for i, step in enumerate(workflow.parser["run"]) if "common.training.networks.with_pretrained" in step
+    ]
     assert len(hand_off) == 1
     workflow.parser.get_parsed_content(f"run#{hand_off[0]}")  # the bundle's own hand-off (pre-training skipped)
     prefix = seg_head_prefix(network)

@@ -14,11 +14,11 @@ from monai.data.utils import pickle_hashing
 from monai.transforms import Compose, Resized
 from PIL import Image
 
-from common.cache import source_aware_hash
-from common.datalist import load_or_build_datalist
-from common.imaging import ImageReadError, read_image
-from common.rle import decode_union
-from common.transforms import EmptySmallMaskd, LoadMaskd, LoadXrayd, SaveMaskd
+from common.data.cache import source_aware_hash
+from common.data.datalist import load_or_build_datalist
+from common.data.imaging import ImageReadError, read_image
+from common.data.rle import decode_union
+from common.data.transforms import EmptySmallMaskd, LoadMaskd, LoadXrayd, SaveMaskd
 
 
 def test_rle_label_matches_decoder(tiny_siim: Path) -> None:

@@ -68,6 +68,7 @@ class GenesisTask(SSLTask):
     """Input: Models Genesis corruptions; target: the original; head: decoder restoration; loss: MSE."""
 
     name = "genesis"
+    default_weight = 1.0
     feature = "decoder"
 
     def __init__(

@@ -62,6 +62,7 @@ class HSSLTask(SSLTask):
     NT-Xent + CE(dataset) + CE(group) + L1 restoration, weighted by ``term_weights``."""
 
     name = "hssl"
+    in_multitask = False
     feature = "both"
     label_keys = ("domain_index", "group_index")
 

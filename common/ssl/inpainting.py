@@ -33,6 +33,7 @@ class InpaintingTask(SSLTask):
     on the swapped region (plus ``outside_weight`` times L1 elsewhere, so the output stays an image)."""
 
     name = "inpainting"
+    default_weight = 1.0
     feature = "decoder"
 
     def __init__(self, n_pairs: int = 4, size_fraction: float = 0.12, outside_weight: float = 0.1) -> None:

@@ -38,6 +38,11 @@ class SSLTask:
     # batch keys of per-image labels the task needs (e.g. the source dataset); the engines pass them
     # to ``pretext`` as ``labels`` (tasks without label keys are called without)
     label_keys: ClassVar[tuple[str, ...]] = ()
+    # lambda of the joint bundle until the lambda sweep (scripts/sweep_lambda.py) has measured one:
+    # classification and contrastive losses start near log(K) ~ 1.4-3.2, restoration losses near 0.05-0.3
+    default_weight: ClassVar[float] = 0.1
+    # part of ``multitask_joint`` (all tasks at once: the paper's five; HSSL is a separate method)
+    in_multitask: ClassVar[bool] = True
 
     def pretext(self, images: torch.Tensor, generator: torch.Generator) -> Pretext:
         """Make a pretext batch from images (B, C, H, W) on their device."""
@@ -62,6 +67,15 @@ def register_task(cls: type[SSLTask]) -> type[SSLTask]:
         raise ValueError(f"task name {cls.name!r} is empty or already registered")
     TASKS[cls.name] = cls
     return cls
+
+
+def list_tasks(multitask_only: bool = False) -> list[str]:
+    """Registered task names in registration order (``multitask_only``: those in ``multitask_joint``).
+
+    Every script, the generator and the pipeline take the task list from here (like timm's
+    ``list_models``): registering a task is all it takes to get its bundles and its teacher.
+    """
+    return [name for name, cls in TASKS.items() if cls.in_multitask or not multitask_only]
 
 
 def create_task(name: str, **options: Any) -> SSLTask:

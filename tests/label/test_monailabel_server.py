@@ -39,8 +39,8 @@ import pydicom
 import requests
 from PIL import Image
 
-from common.demo_data import make_demo_siim
-from common.rle import decode_union
+from common.data.demo import make_demo_siim
+from common.data.rle import decode_union
 from scripts.select_teachers import main as select_teachers
 from tests.conftest import copy_bundle, tiny_train_overrides
 

@@ -1,10 +1,11 @@
-"""Atomic file writes: write to a temporary name in the target folder, then rename.
+"""Atomic file writes (write to a temporary name in the target folder, then rename) and file checksums.
 
 A reader (or a resumed run) therefore never sees a half-written file that looks complete.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -41,3 +42,17 @@ def atomic_write_json(target: str | Path, payload: Any) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     return Path(target)
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB blocks (the one checksum helper of the code base)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file."""
+    return file_digest(path, "sha256")

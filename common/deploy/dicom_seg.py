@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from common.io import atomic_path
+from common.utils.io import atomic_path
 
 if TYPE_CHECKING:
     from highdicom.seg import Segmentation, SegmentDescription

@@ -14,7 +14,7 @@ Every item reads (:func:`read_slice`) as a float32 (rows, cols) array in [0, 1]:
   enhanced multi-frame files included); RGB / YBR and PALETTE COLOR become ITU-R 601 luma;
   MONOCHROME1 is inverted after normalisation so that air is dark everywhere.
 * NIfTI: 2D images read in voxel order (rows = first voxel axis), exactly as
-  :func:`common.imaging.read_image` reads them. 3D volumes are sliced along a *RAS* axis (the
+  :func:`common.data.imaging.read_image` reads them. 3D volumes are sliced along a *RAS* axis (the
   volume's closest canonical orientation, whatever its storage order), and each slice is shown
   in the radiological display convention: rows run anterior->posterior (axial) or
   superior->inferior (coronal, sagittal), columns run patient right->left (axial, coronal) or
@@ -44,8 +44,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from common.datalist import Problem
-from common.imaging import (
+from common.data.datalist import Problem
+from common.data.imaging import (
     IMAGE_SUFFIXES,
     ImageReadError,
     _first,
@@ -623,7 +623,7 @@ class LoadSliced(MapTransform):
 
     Deterministic (it can precede ``Resized`` in a cached PersistentDataset). ``domain_index`` and
     ``group_index`` stay plain ints, ``frame`` and ``axis`` become ints (-1 when the item has none),
-    so 2D items and slices collate in one batch. Metadata as :class:`common.transforms.LoadXrayd`
+    so 2D items and slices collate in one batch. Metadata as :class:`common.data.transforms.LoadXrayd`
     (``filename_or_obj``, ``format``, ``source_shape``, ``source_affine``) plus ``frame``.
     """
 

@@ -23,11 +23,11 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from common.handlers import update_metrics_file
-from common.io import atomic_path
-from common.kd import DistillationLoss
-from common.networks import MultiTaskUNet
-from common.teachers import TeacherEnsemble
+from common.distill.teachers import TeacherEnsemble
+from common.training.kd import DistillationLoss
+from common.training.networks import MultiTaskUNet
+from common.utils.io import atomic_path
+from common.utils.metrics import update_metrics_file
 
 
 @contextlib.contextmanager
@@ -220,7 +220,7 @@ class PretextTrainer(SupervisedTrainer):
 
 
 class DistillationTrainer(SupervisedTrainer):
-    """Stage 2: ``L_kd(student, ensemble) + alpha * L_seg(student, label)`` (``common.kd.DistillationLoss``).
+    """Stage 2: ``L_kd(student, ensemble) + alpha * L_seg(student, label)`` (``common.training.kd.DistillationLoss``).
 
     Cached mode (``ensemble=None``): the batch carries the soft targets under ``soft_key``, augmented
     with the image. Online mode: the frozen ``ensemble`` runs on this step's (augmented) images. The

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from common.handlers import read_metrics_file
-from common.io import atomic_path, atomic_write_json
+from common.utils.io import atomic_path, atomic_write_json
+from common.utils.metrics import read_metrics_file
 
 METRICS = ("dice", "dice_positive", "iou")
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def predict_masks(model_files: dict[str, Any], images: list[str], image_size: in
     import torch
     from monai.bundle import ConfigParser
 
-    from common.teachers import load_ensemble
+    from common.distill.teachers import load_ensemble
 
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / "baseline" / "configs" / "train.json"))
@@ -198,8 +198,8 @@ def plot_overlays(images: np.ndarray, truth: np.ndarray, masks: dict[str, np.nda
 
 def _overlay_figure(out: Path, run: dict[str, Any], image_size: int, n: int = 4) -> bool:
     """The overlay grid for the first seed's first ``n`` test images (positives first)."""
-    from common.datalist import load_datalist
-    from common.transforms import LoadMaskd, LoadXrayd
+    from common.data.datalist import load_datalist
+    from common.data.transforms import LoadMaskd, LoadXrayd
 
     models = run["models"]
     student = Path(models["distill"]) / "models" / "model.pt"

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from common.imaging import IMAGE_SUFFIXES, ImageReadError, read_image, read_mask, stem
-from common.io import atomic_write_json
-from common.rle import RLEError, decode_union, is_empty_rle, parse_rle
+from common.data.imaging import IMAGE_SUFFIXES, ImageReadError, read_image, read_mask, stem
+from common.data.rle import RLEError, decode_union, is_empty_rle, parse_rle
+from common.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def distillation_items(datalist: dict[str, list[dict[str, Any]]], use_unlabelled
     """Labelled training items (id, image and their label source) plus, optionally, the unlabelled ones.
 
     Only the keys the loader needs are kept, so labelled and unlabelled items collate in one batch
-    (``common.transforms.MarkLabelledd`` then flags them and fills the missing labels).
+    (``common.data.transforms.MarkLabelledd`` then flags them and fills the missing labels).
     """
     keep = ("id", "image", "label", "rle")
     labelled = [{k: it[k] for k in keep if k in it} for it in datalist["training_labelled"]]

@@ -7,17 +7,15 @@ holds the configuration that produced the numbers (what the pipeline compares to
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
-from common.bundle import running_config
-from common.io import atomic_write_json
+from common.utils.bundle import running_config
+from common.utils.metrics import read_metrics_file, update_metrics_file
 
 
 def _clean(value: Any) -> Any:
@@ -34,21 +32,6 @@ def _n_images(engine: Engine) -> int | None:
     loader = engine.state.dataloader
     source = getattr(loader, "dataset", loader)
     return len(source) if hasattr(source, "__len__") else None
-
-
-def read_metrics_file(path: str | Path) -> dict[str, Any]:
-    """Load a metrics.json (an empty dict when it does not exist yet)."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def update_metrics_file(path: str | Path, **sections: Any) -> dict[str, Any]:
-    """Replace the given top-level sections of a metrics.json atomically, keeping the others."""
-    doc = read_metrics_file(path)
-    doc.update(sections)
-    doc["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    atomic_write_json(path, doc)
-    return doc
 
 
 class TrainingMetricsWriter:

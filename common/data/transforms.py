@@ -19,9 +19,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from common.imaging import ImageReadError, image_format, read_image, read_mask, stem
-from common.io import atomic_path
-from common.rle import RLEError, decode_union
+from common.data.imaging import ImageReadError, image_format, read_image, read_mask, stem
+from common.data.rle import RLEError, decode_union
+from common.utils.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class SaveMaskd(MapTransform):
     MONAI's SaveImaged is not used because it writes in place and transposes PNGs.
 
     With ``dicom_seg=True`` a DICOM input also gets ``<stem>_<postfix>.dcm``: a binary DICOM
-    Segmentation (see ``common.dicom_seg``) in the source's study, referencing it, on its full pixel
+    Segmentation (see ``common.deploy.dicom_seg``) in the source's study, referencing it, on its full pixel
     grid, naming ``algorithm_name`` / ``algorithm_version``; its path goes to ``<key>_dicom_seg_path``
     (``dicom_seg`` also accepts the strings 'true'/'false' that ``--dicom_seg true`` passes).
     Other inputs still get their PNG/NIfTI and no SEG (a folder may mix formats): the first skip is
@@ -179,7 +179,7 @@ class SaveMaskd(MapTransform):
             log = logger.warning if self.seg_skipped == 1 else logger.info
             log("no DICOM SEG for %s: not a DICOM input, mask written as usual (%d skipped)", source, self.seg_skipped)
             return None
-        from common.dicom_seg import write_dicom_seg
+        from common.deploy.dicom_seg import write_dicom_seg
 
         target = self.output_dir / f"{stem(source)}_{self.postfix}.dcm"
         return write_dicom_seg(source, mask, target, self.algorithm_name, self.algorithm_version)

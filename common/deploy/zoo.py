@@ -11,7 +11,6 @@ sha256 must match the manifest when there is one, and ``models/*.pt`` must load 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from common.utils.io import file_digest
+
 MANIFEST = "MANIFEST.sha256"
 MAX_UNPACKED_BYTES = 4 * 1024**3  # a bundle zip that unpacks to more than this is refused (zip bomb guard)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -31,15 +32,6 @@ _CHUNK = 1 << 20
 
 class BundleZipError(ValueError):
     """A bundle zip that is refused: unsafe entries, a checksum mismatch or an unsafe checkpoint."""
-
-
-def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in chunks."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def manifest_text(root: str | Path, files: Iterable[str]) -> str:

@@ -8,13 +8,14 @@ missing and the command that produces it.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from common.utils.io import file_sha256
 
 SELECT_COMMAND = "python scripts/select_teachers.py"
 TRAIN_HINT = (
@@ -25,15 +26,6 @@ TRAIN_HINT = (
 
 class TeacherSelectionError(RuntimeError):
     """The teacher selection or one of its checkpoints is missing, unreadable or altered."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_selection(selection_file: str | Path, tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:

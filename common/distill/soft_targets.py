@@ -26,10 +26,10 @@ from monai.data import DataLoader, Dataset, MetaTensor
 from monai.data.utils import pickle_hashing
 from monai.transforms import Compose, MapTransform, RandomizableTrait, Transform
 
-from common.cache import source_aware_hash
-from common.handlers import update_metrics_file
-from common.io import atomic_path
-from common.teachers import TeacherEnsemble
+from common.data.cache import source_aware_hash
+from common.distill.teachers import TeacherEnsemble
+from common.utils.io import atomic_path
+from common.utils.metrics import update_metrics_file
 
 logger = logging.getLogger(__name__)
 SOFT_TARGET_MODES = ("cached", "online")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common.multidomain import GROUPS
+from common.data.multidomain import GROUPS
 
 TARGET_DOMAIN = "target"
 
