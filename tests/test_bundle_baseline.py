@@ -15,6 +15,7 @@ from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_ne
 from PIL import Image
 
 from common.data.datalist import load_or_build_datalist
+from common.utils.io import file_sha256
 from tests.conftest import BASELINE, REPO, read_json, run_bundle, run_torchrun, shared_path, tiny_train_overrides
 
 SCHEMA = REPO / "common" / "deploy" / "schemas" / "bundle_meta_schema.json"
@@ -94,6 +95,9 @@ def test_cli_training_writes_model_and_metrics(trained: Path) -> None:
     assert set(metrics["validation"]) >= {"dice", "dice_positive", "iou", "best_epoch"}
     assert 0.0 <= metrics["validation"]["dice"] <= 1.0
     assert metrics["config"]["image_size"] == 64  # the overrides that produced the numbers
+    # what inference needs travels with the model, and the finished model's checksum
+    assert metrics["model"]["image_size"] == 64 and metrics["model"]["min_pred_area_fraction"] == 0.002
+    assert metrics["model"]["sha256"] == file_sha256(trained / "models" / "model.pt")
     assert (trained / "logs").is_dir() and any((trained / "logs").iterdir())  # TensorBoard events
     assert (trained / "models" / "checkpoint_epoch=1.pt").is_file()
 

@@ -56,7 +56,7 @@ def test_truncated_dicom_error_names_the_file(tmp_path: Path, tiny_siim: Path) -
     source = next(tiny_siim.rglob("*.dcm"))
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(source.read_bytes()[:2000])
-    with pytest.raises(ImageReadError, match=r"broken\.dcm: unreadable DICOM"):
+    with pytest.raises(ImageReadError, match=r"broken\.dcm: (unreadable DICOM|pixel data cannot be decoded)"):
         read_image(broken)
     garbage = tmp_path / "garbage.dcm"
     garbage.write_bytes(b"not a dicom at all")

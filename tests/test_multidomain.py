@@ -22,7 +22,8 @@ from pydicom.uid import (
 )
 
 from common.data.demo import _synthetic_dicom, make_demo_multidomain
-from common.data.imaging import read_dicom, read_image
+from common.data.dicom import read_dicom
+from common.data.imaging import read_image
 from common.data.multidomain import (
     CT_WINDOW,
     GROUPS,

@@ -14,8 +14,9 @@ from typing import Any
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
-from common.utils.bundle import running_config
-from common.utils.metrics import read_metrics_file, update_metrics_file
+from common.utils.bundle import running_config, running_settings
+from common.utils.io import file_sha256
+from common.utils.metrics import MODEL_SETTINGS, read_metrics_file, update_metrics_file
 
 
 def _clean(value: Any) -> Any:
@@ -60,6 +61,9 @@ class TrainingMetricsWriter:
         self.best_saver = best_saver
         self.extra = extra or {}
         self.config = running_config()
+        # what travels with model.pt: inference and the report read it instead of reconstructing it
+        settings = running_settings(list(MODEL_SETTINGS))
+        self.model_settings = {k: v if isinstance(v, (int, str)) else _clean(v) for k, v in settings.items()}
         self.history: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
@@ -86,7 +90,11 @@ class TrainingMetricsWriter:
             return
         self._first_epoch = False
         resumed = engine.state.epoch > 1
-        sections: dict[str, Any] = {"training": self._training(engine, "running"), "config": self.config}
+        sections: dict[str, Any] = {
+            "training": self._training(engine, "running"),
+            "config": self.config,
+            "model": self.model_settings,
+        }
         if resumed:
             previous = read_metrics_file(self.filepath)
             self._restore_best(previous.get("validation") or {})
@@ -123,7 +131,11 @@ class TrainingMetricsWriter:
         update_metrics_file(self.filepath, **sections)
 
     def completed(self, engine: Engine) -> None:
-        update_metrics_file(self.filepath, training=self._training(engine, "complete"))
+        model = dict(self.model_settings)
+        saved = self.filepath.parent / "model.pt"
+        if saved.is_file():  # the finished model's checksum: a later corruption or replacement is detectable
+            model["sha256"] = file_sha256(saved)
+        update_metrics_file(self.filepath, training=self._training(engine, "complete"), model=model)
 
     def failed(self, engine: Engine, e: Exception) -> None:
         training = self._training(engine, "failed")

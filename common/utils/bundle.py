@@ -71,6 +71,14 @@ def running_config() -> dict[str, Any]:
     return dict(workflow.parser.get() or {})
 
 
+def running_settings(keys: list[str]) -> dict[str, Any]:
+    """The parsed values of those ``keys`` that the workflow on the stack defines; {} outside one."""
+    workflow = _workflow_on_stack()
+    if workflow is None:
+        return {}
+    return {key: workflow.parser.get_parsed_content(key) for key in keys if key in workflow.parser}
+
+
 def demo_data_dir(name: str = "siim") -> str:
     """Default ``dataset_dir``: the synthetic demo data that ``make demo-data`` writes in the repository."""
     return str(REPO_ROOT / "demo_data" / name)

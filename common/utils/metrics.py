@@ -40,6 +40,17 @@ def update_metrics_file(path: str | Path, **sections: Any) -> dict[str, Any]:
     return doc
 
 
+# what inference must reproduce from training: recorded in the ``model`` section when training starts
+MODEL_SETTINGS = ("image_size", "min_pred_area_fraction")
+
+
+def trained_setting(checkpoint: str | Path, key: str, default: Any) -> Any:
+    """A setting the model was trained with (``model`` section of the ``metrics.json`` next to
+    ``checkpoint``), else ``default``: inference resizes to the training resolution without being told."""
+    value = (read_metrics_file(Path(checkpoint).parent / "metrics.json").get("model") or {}).get(key)
+    return default if value is None else value
+
+
 @dataclass
 class RunMetrics:
     """Typed read access to one bundle run's ``metrics.json`` (missing sections read as empty)."""
