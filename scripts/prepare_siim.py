@@ -7,9 +7,11 @@ SIIM-ACR download (dicom-images-train/ + train-rle.csv):
 A plain folder of images and masks of the same stem (PNG/JPEG/NIfTI, any size, gray or RGB):
     python scripts/prepare_siim.py --image-dir imgs/ --mask-dir masks/ --out datalist.json
 
-Every image is decoded once to check it (use --workers to parallelise, --no-verify to skip).
-Bad input stops the run naming each file or CSV line; --skip-bad leaves those items out and
-writes them to <out>.skipped.json (and prints the count).
+Every image and mask is decoded once to check it (use --workers to parallelise, --no-verify to
+skip: masks of a folder are then read alone). The split is stratified by positive/negative: from
+the CSV for SIIM-ACR, from the masks (any foreground) for folders. Bad input stops the run naming
+each file or CSV line; --skip-bad leaves those items out and writes them to <out>.skipped.json
+(and prints the count).
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.data.datalist import DataValidationError, build_datalist, scan_folder, scan_siim
 from common.utils.io import atomic_write_json
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="split seed: same seed, same split")
     parser.add_argument("--skip-bad", action="store_true", help="skip bad items and report them instead of failing")
     parser.add_argument(
-        "--no-verify", action="store_true", help="do not decode the pixels (layout and CSV checks only)"
+        "--no-verify", action="store_true", help="decode no images (layout and CSV checks; folder masks still read)"
     )
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes for decoding")
     args = parser.parse_args(argv)

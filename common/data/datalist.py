@@ -2,10 +2,11 @@
 
 A datalist is a MONAI-style JSON with the keys ``training_labelled``, ``training_unlabelled``,
 ``validation`` and ``test``. Items hold ``id``, ``image`` (a path relative to the dataset
-folder) and either ``label`` (a mask file) or ``rle`` (the SIIM run-length rows of the image);
-unlabelled items carry no label at all. Bad input is collected as :class:`Problem` records:
-by default the build fails naming every problem; with ``skip_bad`` the bad items are left out
-and returned, to be counted and reported by the caller.
+folder), either ``label`` (a mask file) or ``rle`` (the SIIM run-length rows of the image), and
+``positive`` (the mask has any foreground: from the CSV for SIIM, from the mask file for folders),
+which the split is stratified by; unlabelled items carry no label at all. Bad input is collected
+as :class:`Problem` records: by default the build fails naming every problem; with ``skip_bad``
+the bad items are left out and returned, to be counted and reported by the caller.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from common.data.imaging import IMAGE_SUFFIXES, ImageReadError, read_image, read_mask, stem
+from common.data.imaging import IMAGE_SUFFIXES, ImageReadError, image_format, read_image, read_mask, stem
 from common.data.rle import RLEError, decode_union, is_empty_rle, parse_rle
 from common.utils.io import atomic_write_json
 
@@ -151,7 +152,10 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def scan_folder(image_dir: str | Path, mask_dir: str | Path) -> ScanResult:
-    """Pair images with masks of the same file stem (any supported format on either side)."""
+    """Pair images with masks of the same file stem (any supported format on either side).
+
+    No pixel is read here: :func:`build_datalist` reads the masks (verifying, or alone) for ``positive``.
+    """
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     for d in (image_dir, mask_dir):
         if not d.is_dir():
@@ -188,9 +192,41 @@ def scan_folder(image_dir: str | Path, mask_dir: str | Path) -> ScanResult:
 
 # ----------------------------------------------------------------------------- pixel verification
 
+# PIL modes whose values read_mask keeps as they are; every other mode goes through convert("L")
+_PIL_VALUE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 
-def verify_item(item: dict[str, Any], base_dir: str | Path) -> Problem | None:
-    """Decode an item's image and mask; return the problem if either is unreadable or they disagree."""
+
+def mask_is_positive(path: str | Path) -> bool:
+    """Whether ``read_mask(path)`` has any foreground, without building the mask when PIL can tell.
+
+    ``read_mask`` marks the pixels above half the file's maximum, so a mask has foreground exactly
+    when that maximum is above zero: for PNG/JPEG this reads the maximum of the same gray values
+    (about 3x cheaper than the full mask); other formats go through ``read_mask`` itself.
+    """
+    path = Path(path)
+    if image_format(path) != "pil" or not path.is_file():
+        return bool(read_mask(path).any())  # NIfTI & co., and read_mask's own "not found" message
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            gray = im if im.mode in _PIL_VALUE_MODES else im.convert("L")
+            peak = gray.getextrema()[1]
+    except Exception as e:
+        raise ImageReadError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
+    return bool(peak > 0)
+
+
+def _problem(error: ImageReadError) -> Problem:
+    where, _, what = str(error).partition(": ")
+    return Problem(where, what)
+
+
+def verify_item(item: dict[str, Any], base_dir: str | Path) -> tuple[Problem | None, bool | None]:
+    """Decode an item's image and mask: (the problem if either is unreadable or they disagree, positive).
+
+    ``positive`` is whether a mask file has any foreground (None for RLE items: theirs comes from the CSV).
+    """
     image_path = Path(base_dir) / item["image"]
     try:
         image, _ = read_image(image_path)
@@ -199,7 +235,8 @@ def verify_item(item: dict[str, Any], base_dir: str | Path) -> Problem | None:
             try:
                 decode_union(item["rle"], height, width)
             except RLEError as e:
-                return Problem(f"{SIIM_CSV} ImageId {item['id']}", f"mask does not fit the {height}x{width} image: {e}")
+                problem = f"mask does not fit the {height}x{width} image: {e}"
+                return Problem(f"{SIIM_CSV} ImageId {item['id']}", problem), None
         elif "label" in item:
             mask = read_mask(Path(base_dir) / item["label"])
             if mask.shape != image.shape:
@@ -207,32 +244,53 @@ def verify_item(item: dict[str, Any], base_dir: str | Path) -> Problem | None:
                     str(Path(base_dir) / item["label"]),
                     f"mask size {mask.shape[0]}x{mask.shape[1]} does not match image {image_path.name} "
                     f"({height}x{width})",
-                )
+                ), None
+            return None, bool(mask.any())
     except ImageReadError as e:
-        where, _, what = str(e).partition(": ")
-        return Problem(where, what)
-    return None
+        return _problem(e), None
+    return None, None
 
 
-def _verify_star(args: tuple[dict[str, Any], str]) -> Problem | None:
-    return verify_item(*args)
+def mask_item(item: dict[str, Any], base_dir: str | Path) -> tuple[Problem | None, bool | None]:
+    """Read only an item's mask file: (the problem if it is unreadable, whether it has any foreground)."""
+    try:
+        return None, mask_is_positive(Path(base_dir) / item["label"])
+    except ImageReadError as e:
+        return _problem(e), None
+
+
+def _check_items(check: Any, result: ScanResult, items: list[dict[str, Any]], workers: int) -> None:
+    """Run ``check(item, base_dir)`` over ``items`` of ``result`` (in ``workers`` processes when > 1):
+    record each ``positive`` it returns on its item, move the failed items to ``result.problems``."""
+    bases = [str(result.base_dir)] * len(items)
+    if workers > 1 and len(items) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            outcome = list(pool.map(check, items, bases, chunksize=max(1, len(items) // (workers * 8))))
+    else:
+        outcome = [check(item, base) for item, base in zip(items, bases, strict=True)]
+    failed = set()
+    for item, (problem, positive) in zip(items, outcome, strict=True):
+        if problem is not None:
+            result.problems.append(problem)
+            failed.add(id(item))
+        elif positive is not None:
+            item["positive"] = positive
+    result.items = [item for item in result.items if id(item) not in failed]
 
 
 def verify_items(result: ScanResult, workers: int = 1) -> None:
-    """Decode every item in place of ``result``: items that fail move to ``result.problems``."""
-    jobs = [(item, str(result.base_dir)) for item in result.items]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            outcome = list(pool.map(_verify_star, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
-    else:
-        outcome = [_verify_star(j) for j in jobs]
-    kept = []
-    for item, problem in zip(result.items, outcome, strict=True):
-        if problem is None:
-            kept.append(item)
-        else:
-            result.problems.append(problem)
-    result.items = kept
+    """Decode every item of ``result`` once: items that fail move to ``result.problems``; mask files
+    give their items ``positive`` (any foreground), which the split is stratified by."""
+    _check_items(verify_item, result, result.items, workers)
+
+
+def read_mask_flags(result: ScanResult, workers: int = 1) -> None:
+    """Without verification: read only the mask files of items that lack ``positive`` and record it.
+
+    SIIM items know it from the CSV and are left alone; unreadable masks move to ``result.problems``.
+    """
+    todo = [item for item in result.items if "label" in item and "positive" not in item]
+    _check_items(mask_item, result, todo, workers)
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -343,9 +401,15 @@ def build_datalist(
     verify: bool = True,
     workers: int = 1,
 ) -> dict[str, Any]:
-    """Verify (optionally) and split a scan into a datalist dict; raise on problems unless ``skip_bad``."""
+    """Verify (optionally) and split a scan into a datalist dict; raise on problems unless ``skip_bad``.
+
+    Mask files are read either way (decoded with their images when verifying, alone otherwise) to
+    record ``positive``, so folder splits are stratified like SIIM ones.
+    """
     if verify:
         verify_items(scan, workers=workers)
+    else:
+        read_mask_flags(scan, workers=workers)
     if scan.problems and not skip_bad:
         raise DataValidationError(scan.problems, hint="\nFix the files, or pass --skip-bad to skip and report them.")
     for p in scan.problems:
@@ -354,7 +418,8 @@ def build_datalist(
         raise DataValidationError([Problem(str(scan.base_dir), "no usable image")])
     splits = split_items(scan.items, labelled_fraction=labelled_fraction, seed=seed)
     counts = {k: len(v) for k, v in splits.items()}
-    counts["positive_labelled"] = sum(bool(it.get("positive")) for it in splits["training_labelled"])
+    for key in ("training_labelled", "validation", "test"):  # unlabelled items keep no label, hence no flag
+        counts[f"positive_{key.removeprefix('training_')}"] = sum(bool(it.get("positive")) for it in splits[key])
     counts["skipped"] = len(scan.problems)
     return {
         "name": "SIIM-ACR pneumothorax" if scan.source == "siim-acr" else f"image folder {scan.base_dir.name}",
@@ -402,18 +467,25 @@ def load_or_build_datalist(
 ) -> dict[str, list[dict[str, Any]]]:
     """What a bundle calls: the given datalist file, or a split built from ``dataset_dir`` on the fly.
 
-    A split built on the fly checks the layout and the CSV but decodes no pixels (an unreadable
-    image fails later, naming its file); run ``scripts/prepare_siim.py`` for a full check.
+    A split built on the fly checks the layout and the CSV but decodes no images (an unreadable
+    image fails later, naming its file); of a folder dataset it reads the masks alone, to stratify
+    the split. Run ``scripts/prepare_siim.py`` for a full check.
     The built datalist is written to ``cache_dir`` for inspection and reuse.
     """
     if datalist_file:
         return load_datalist(datalist_file, dataset_dir)
     scan = scan_dataset(dataset_dir)
+    read_mask_flags(scan)  # folder masks, for the stratification (build_datalist then has nothing left to read)
     if scan.problems:
+        source = (
+            f"--siim-dir {dataset_dir}"
+            if scan.source == "siim-acr"
+            else f"--image-dir {Path(dataset_dir) / FOLDER_IMAGE_DIR} --mask-dir {Path(dataset_dir) / FOLDER_MASK_DIR}"
+        )
         raise DataValidationError(
             scan.problems,
             hint=(
-                f"\nRun `python scripts/prepare_siim.py --siim-dir {dataset_dir} --out datalist.json "
+                f"\nRun `python scripts/prepare_siim.py {source} --out datalist.json "
                 "--skip-bad` to skip and report them, then pass --datalist_file datalist.json."
             ),
         )
