@@ -1,0 +1,33 @@
+"""What the generator reads: the baseline bundle, the lambda sweep and the published results."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pipeline.paths import BUNDLES, REPO
+
+BASELINE = BUNDLES / "baseline"
+SWEEP_FILE = REPO / "scripts" / "lambda_sweep.json"  # written by scripts/sweep_lambda.py
+RESULTS_DIR = REPO / "scripts" / "results"  # written by scripts/run_pipeline.py --publish
+GENERATOR = "scripts/generate_bundles.py"
+
+
+def baseline_text(rel: str) -> str:
+    """A file of the baseline bundle, by path relative to the bundle folder."""
+    return (BASELINE / rel).read_text()
+
+
+def load_baseline(name: str) -> dict[str, Any]:
+    """A baseline config (``configs/<name>``), parsed."""
+    return json.loads(baseline_text(f"configs/{name}"))
+
+
+def load_sweep() -> dict[str, Any]:
+    """The lambda sweep ({} when it has not been run)."""
+    return json.loads(SWEEP_FILE.read_text()) if SWEEP_FILE.is_file() else {}
+
+
+def load_published() -> list[dict[str, Any]]:
+    """Every published result file, in file-name order."""
+    return [json.loads(f.read_text()) for f in sorted(RESULTS_DIR.glob("*.json"))]

@@ -1,0 +1,55 @@
+"""Where the repository is, and paths as published results record them (never this machine's layout).
+
+A published summary (``scripts/results/*.json``, ``scripts/lambda_sweep.json``) must read the same on
+every machine: a path inside the repository is written relative to its root (``runs/multidomain.json``),
+any other path as the user gave it (``../shared/data/cxr_lungs``), never resolved to an absolute path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from common.utils.io import atomic_write_json
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
+
+
+def portable_path(path: str | Path) -> str:
+    """``path`` relative to the repository root when it lies inside it, else exactly as given."""
+    resolved = Path(path).expanduser().resolve()
+    if resolved == REPO or REPO in resolved.parents:
+        return resolved.relative_to(REPO).as_posix() or "."
+    return str(path)
+
+
+def portable(value: Any) -> Any:
+    """``value`` with every absolute path string inside the repository made repository-relative."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(v) for v in value]
+    if isinstance(value, Path) or (isinstance(value, str) and os.path.isabs(value)):
+        return portable_path(value)
+    return value
+
+
+def portable_command(script: str, argv: Sequence[str]) -> str:
+    """``python <script> <argv>`` with absolute paths (also ``KEY=/path`` values) inside the repository relative."""
+    words = []
+    for word in argv:
+        key, eq, value = word.partition("=")
+        if eq and not key.startswith("-") and os.path.isabs(value):
+            words.append(f"{key}={portable_path(value)}")
+        else:
+            words.append(portable(word))
+    return " ".join(["python", script, *words])
+
+
+def publish(target: str | Path, summary: dict[str, Any]) -> None:
+    """Write a run's summary where the bundle READMEs read it (``scripts/results/``): without its per-seed
+    details, every path in it portable."""
+    atomic_write_json(target, portable({k: v for k, v in summary.items() if k != "per_seed"}))
