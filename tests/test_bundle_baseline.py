@@ -185,9 +185,7 @@ def test_inference_writes_masks_in_input_geometry(trained: Path, tiny_siim: Path
         str(inputs),
         "--output_dir",
         str(out),
-        "--image_size",
-        "64",
-        cwd=tmp_path,
+        cwd=tmp_path,  # no --image_size: the model's metrics.json says it was trained at 64 px
     )
     chest = np.asarray(Image.open(out / "chest_seg.png"))
     photo = np.asarray(Image.open(out / "photo_seg.png"))
@@ -196,6 +194,25 @@ def test_inference_writes_masks_in_input_geometry(trained: Path, tiny_siim: Path
     np.testing.assert_allclose(vol.affine, np.diag([0.2, 0.3, 1, 1]))
     for mask in (chest, photo, np.asarray(vol.dataobj)):
         assert set(np.unique(mask)) <= {0, 1}
+
+
+@pytest.mark.slow
+def test_inference_takes_the_training_settings_from_the_model(trained: Path, tmp_path: Path) -> None:
+    """image_size and the post-processing area travel with model.pt (metrics.json); overrides still win;
+    a model without metrics.json gets the config's defaults."""
+
+    def parsed(ckpt_file: Path, *extra: str) -> tuple[int, float]:
+        overrides = {"bundle_root": str(trained), "ckpt_file": str(ckpt_file)}
+        overrides.update(dict(zip(extra[::2], extra[1::2], strict=True)))
+        workflow = ConfigWorkflow(str(trained / "configs" / "inference.json"), workflow_type="infer", **overrides)
+        parser = workflow.parser
+        return parser.get_parsed_content("image_size"), parser.get_parsed_content("min_pred_area_fraction")
+
+    assert parsed(trained / "models" / "model.pt") == (64, 0.002)
+    assert parsed(trained / "models" / "model.pt", "image_size", 96)[0] == 96
+    bare = tmp_path / "model.pt"
+    shutil.copy(trained / "models" / "model.pt", bare)
+    assert parsed(bare) == (256, 0.002)
 
 
 @pytest.mark.slow

@@ -16,8 +16,8 @@ from PIL import Image
 from pydicom.uid import RLELossless, SegmentationStorage, generate_uid
 
 from common.data.imaging import stem
-from common.data.transforms import SaveMaskd
 from common.deploy.dicom_seg import DicomSegError
+from common.deploy.masks import SaveMaskd
 from tests.conftest import BASELINE, copy_bundle, read_json, run_bundle, shared_path, tiny_train_overrides
 
 VERSION = read_json(BASELINE / "configs" / "metadata.json")["version"]

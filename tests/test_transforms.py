@@ -18,7 +18,8 @@ from common.data.cache import source_aware_hash
 from common.data.datalist import load_or_build_datalist
 from common.data.imaging import ImageReadError, read_image
 from common.data.rle import decode_union
-from common.data.transforms import EmptySmallMaskd, LoadMaskd, LoadXrayd, SaveMaskd
+from common.data.transforms import EmptySmallMaskd, LoadMaskd, LoadXrayd
+from common.deploy.masks import SaveMaskd
 
 
 def test_rle_label_matches_decoder(tiny_siim: Path) -> None:
