@@ -28,11 +28,34 @@ class TeacherSelectionError(RuntimeError):
     """The teacher selection or one of its checkpoints is missing, unreadable or altered."""
 
 
+def _pipeline_selections() -> list[Path]:
+    """Teacher selections of pipeline runs in the repository (``runs/<run>/seed<N>/teachers.json``)."""
+    from common.utils.bundle import REPO_ROOT
+
+    return sorted((REPO_ROOT / "runs").glob("*/seed*/teachers.json"))
+
+
+def _missing_selection_hint() -> str:
+    """What to do when a bundle has no selection: install a pipeline run that has one, else train."""
+    runs = _pipeline_selections()
+    if not runs:
+        return TRAIN_HINT
+    seed_dir = runs[0].parent
+    return (
+        f"the pipeline run {seed_dir.parent.name} has one ({len(runs)} found, e.g. {seed_dir}/teachers.json): install "
+        f"its models into the bundles with `python scripts/install_run.py {seed_dir}`, or pass "
+        f"`--teachers_file {seed_dir}/teachers.json`"
+    )
+
+
 def read_selection(selection_file: str | Path, tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The selected teachers (optionally only ``tasks``), with every checkpoint present and unaltered."""
+    """The selected teachers (optionally only ``tasks``), with every checkpoint present and unaltered.
+
+    A relative checkpoint path is relative to the selection file's folder (an installed selection).
+    """
     path = Path(selection_file)
     if not path.is_file():
-        raise TeacherSelectionError(f"no teacher selection: {path} does not exist; {TRAIN_HINT}")
+        raise TeacherSelectionError(f"no teacher selection: {path} does not exist; {_missing_selection_hint()}")
     try:
         entries = json.loads(path.read_text())["teachers"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -49,7 +72,8 @@ def read_selection(selection_file: str | Path, tasks: Sequence[str] | None = Non
     if not entries:
         raise TeacherSelectionError(f"{path} lists no teacher; {TRAIN_HINT}")
     for entry in entries:
-        checkpoint = Path(entry["checkpoint"])
+        checkpoint = path.parent / entry["checkpoint"]  # an absolute checkpoint path stays as it is
+        entry["checkpoint"] = str(checkpoint)
         name = f"teacher {entry['task']} ({entry.get('bundle', entry.get('mode'))})"
         if not checkpoint.is_file():
             raise TeacherSelectionError(
