@@ -16,14 +16,15 @@ from typing import Any
 import numpy as np
 
 from common.utils.io import atomic_path, atomic_write_json
-from common.utils.metrics import read_metrics_file
+from common.utils.metrics import RunMetrics
+from pipeline.paths import BUNDLES
 
 METRICS = ("dice", "dice_positive", "iou")
-REPO = Path(__file__).resolve().parents[1]
+BASELINE_TRAIN = BUNDLES / "baseline" / "configs" / "train.json"
 
 
-def _metrics_of(model_dir: str | Path) -> dict[str, Any]:
-    return read_metrics_file(Path(model_dir) / "models" / "metrics.json")
+def _metrics_of(model_dir: str | Path) -> RunMetrics:
+    return RunMetrics.read(Path(model_dir) / "models" / "metrics.json")
 
 
 def collect(seeds: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
@@ -38,9 +39,9 @@ def collect(seeds: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, An
         for name, folder in run["models"].items():
             m = _metrics_of(folder)
             row = "student (distill)" if name == "distill" else name
-            put(row, seed, m.get("validation"), m.get("test"), m.get("history"), folder)
+            put(row, seed, m.validation, m.evaluation("test"), m.history, folder)
             if name == "distill":
-                put("teacher ensemble", seed, None, m.get("ensemble_test"), None, folder)
+                put("teacher ensemble", seed, None, m.evaluation("test", ensemble=True), None, folder)
         for teacher in run["teachers"]:
             source = rows.get(teacher["bundle"], {}).get(seed)
             if source:
@@ -150,7 +151,7 @@ def predict_masks(model_files: dict[str, Any], images: list[str], image_size: in
     from common.distill.teachers import load_ensemble
 
     parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / "baseline" / "configs" / "train.json"))
+    parser.read_config(str(BASELINE_TRAIN))
     parser["image_size"] = image_size
     load = parser.get_parsed_content("load_transforms")
     post = parser.get_parsed_content("postprocessing")
@@ -196,6 +197,16 @@ def plot_overlays(images: np.ndarray, truth: np.ndarray, masks: dict[str, np.nda
     plt.close(fig)
 
 
+def training_image_size(run: dict[str, Any], settings: dict[str, Any]) -> int:
+    """The resolution the run's models were trained at: their metrics.json (``model.image_size``), else the
+    run's ``image_size`` override, else the baseline config's default."""
+    for name in ("distill", "baseline"):
+        if name in run["models"] and (size := _metrics_of(run["models"][name]).image_size):
+            return size
+    size = settings.get("overrides", {}).get("image_size")
+    return int(size if size is not None else json.loads(BASELINE_TRAIN.read_text())["image_size"])
+
+
 def _overlay_figure(out: Path, run: dict[str, Any], image_size: int, n: int = 4) -> bool:
     """The overlay grid for the first seed's first ``n`` test images (positives first)."""
     from common.data.datalist import load_datalist
@@ -234,9 +245,7 @@ def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str,
     table = results_table(summary)
     plot_test_dice(summary, out / "test_dice.png")
     plot_curves(rows, out / "curves.png")
-    baseline_config = json.loads((REPO / "bundles" / "baseline" / "configs" / "train.json").read_text())
-    image_size = int(settings.get("overrides", {}).get("image_size", baseline_config["image_size"]))
-    has_overlays = _overlay_figure(out, seeds[0], image_size)
+    has_overlays = _overlay_figure(out, seeds[0], training_image_size(seeds[0], settings))
     per_seed = {
         str(seed): {row: {k: v for k, v in s.items() if k != "history"} for row, per in rows.items()
                     for sd, s in per.items() if sd == seed}

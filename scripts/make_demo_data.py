@@ -14,22 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.data.demo import make_demo_multidomain, make_demo_siim
-from common.data.multidomain import build_multidomain_datalist
-from common.utils.io import atomic_write_json
-
-
-def write_multidomain(out_dir: str | Path, seed: int = 0) -> dict:
-    """Write the synthetic multi-domain set and its ``datalist.json`` (absolute paths); return the datalist."""
-    out_dir = Path(out_dir).resolve()
-    sources = make_demo_multidomain(out_dir, seed=seed)
-    datalist = build_multidomain_datalist([(name, folder, group) for name, (folder, group) in sources.items()])
-    atomic_write_json(out_dir / "datalist.json", datalist)
-    return datalist
+from common.data.demo import make_demo_siim
+from pipeline.multidomain import write_demo_multidomain
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         out = make_demo_siim(args.out, n_images=args.n_images, size=args.size, seed=args.seed)
         print(f"wrote {args.n_images} synthetic images to {out} (see {out / 'README.txt'})")
     if args.multidomain_out:
-        datalist = write_multidomain(args.multidomain_out, seed=args.seed)
+        datalist = write_demo_multidomain(args.multidomain_out, seed=args.seed)
         counts = ", ".join(f"{k}={v}" for k, v in datalist["counts"]["domain"].items())
         print(f"wrote the synthetic multi-domain set to {args.multidomain_out} ({counts}) and its datalist.json")
     return 0

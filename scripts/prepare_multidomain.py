@@ -14,47 +14,12 @@ source; --skip-bad leaves bad files out and lists them in <out>.skipped.json.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.data.multidomain import CT_WINDOW, GROUPS, build_multidomain_datalist
-from common.utils.io import atomic_write_json
-
-
-def parse_source(text: str) -> tuple[str, str, str]:
-    """``NAME=PATH:GROUP`` -> (name, path, group); the group is split on the last ':'."""
-    name, eq, rest = text.partition("=")
-    path, colon, group = rest.rpartition(":")
-    if not eq or not colon or not name.strip() or not path or not group:
-        raise ValueError(f"--source {text!r}: expected NAME=PATH:GROUP (GROUP one of {', '.join(GROUPS)})")
-    return name.strip(), path, group.strip()
-
-
-def format_table(datalist: dict) -> str:
-    """Counts per domain (items, empty slices left out) and per group, as aligned text."""
-    width = max(len("domain"), *(len(d) for d in datalist["domains"]))
-    skipped_by_domain: dict[str, int] = {}
-    folders = {d: src["folder"] for d, src in datalist["sources"].items()}
-    for entry in datalist["skipped"]:
-        for domain, folder in folders.items():
-            if entry["file"] == folder or entry["file"].startswith(folder.rstrip(os.sep) + os.sep):
-                skipped_by_domain[domain] = skipped_by_domain.get(domain, 0) + 1
-    lines = [f"{'domain':<{width}}  {'group':<5}  {'items':>6}  {'empty slices':>12}  {'bad files':>9}"]
-    for domain in datalist["domains"]:
-        lines.append(
-            f"{domain:<{width}}  {datalist['sources'][domain]['group']:<5}  {datalist['counts']['domain'][domain]:>6}  "
-            f"{datalist['skipped_empty_slices'][domain]:>12}  {skipped_by_domain.get(domain, 0):>9}"
-        )
-    lines.append(f"{'total':<{width}}  {'':<5}  {len(datalist['items']):>6}  "
-                 f"{sum(datalist['skipped_empty_slices'].values()):>12}  {len(datalist['skipped']):>9}")  # fmt: skip
-    lines.append("")
-    lines.append(f"{'group':<5}  {'items':>6}")
-    lines += [f"{group:<5}  {n:>6}" for group, n in datalist["counts"]["group"].items()]
-    return "\n".join(lines)
+from common.data.multidomain import CT_WINDOW
+from pipeline.multidomain import parse_source, prepare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,36 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes for decoding")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         sources = [parse_source(s) for s in args.source]
-        datalist = build_multidomain_datalist(
-            sources,
-            axis=args.axis,
-            stride=args.stride,
-            min_foreground=args.min_foreground,
-            skip_bad=args.skip_bad,
-            ct_window=tuple(args.ct_window),
-            workers=args.workers,
-            exclude=args.exclude,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    report = args.out.with_name(args.out.name.removesuffix(".json") + ".skipped.json")
-    atomic_write_json(args.out, datalist)
-    print(format_table(datalist))
-    if datalist["skipped"]:
-        atomic_write_json(report, {"count": len(datalist["skipped"]), "skipped": datalist["skipped"]})
-        print(f"skipped {len(datalist['skipped'])} bad file(s): listed in {report}")
-        for entry in datalist["skipped"]:
-            print(f"  - {entry['file']}: {entry['reason']}")
-    elif report.exists():
-        report.unlink()  # a stale report from an earlier run would describe other data
-    if datalist["ignored_files"]:
-        print(f"ignored {len(datalist['ignored_files'])} non-image file(s)")
-    print(f"wrote {args.out}: {len(datalist['items'])} items from {len(datalist['domains'])} domains")
-    return 0
+    options = {k: v for k, v in vars(args).items() if k not in ("source", "out")}
+    return prepare(sources, args.out, **{**options, "ct_window": tuple(args.ct_window)})
 
 
 if __name__ == "__main__":

@@ -34,10 +34,10 @@ def tiny_siim(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_multidomain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic multi-domain demo set at 64 px and its datalist.json (what HSSL bundles read)."""
-    from scripts.make_demo_data import write_multidomain
+    from pipeline.multidomain import write_demo_multidomain
 
     out = tmp_path_factory.mktemp("tiny_multidomain")
-    write_multidomain(out, seed=0)
+    write_demo_multidomain(out, seed=0)
     return out / "datalist.json"
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export
+from monai.bundle import ConfigWorkflow
 
-from scripts.select_teachers import main as select_teachers
+from common.deploy.zoo import export_torchscript
+from common.distill.selection import select_teachers
 from tests.conftest import REPO, copy_bundle, read_json, run_bundle, run_torchrun, tiny_train_overrides
 
 DISTILL = REPO / "bundles" / "distill"
@@ -48,8 +49,7 @@ def distill_setup(tmp_path_factory: pytest.TempPathFactory, tiny_siim: Path) -> 
             cwd=root,
         )
     distill = copy_bundle("distill", root / "distill")
-    args = ["--bundles-dir", str(root), "--tasks", "rotation", "genesis", "--allow-missing"]
-    assert select_teachers(args) == 0
+    assert select_teachers(root, ["rotation", "genesis"], allow_missing=True) == 0
     assert len(read_json(distill / "models" / "teachers.json")["teachers"]) == 2
     return distill
 
@@ -68,17 +68,7 @@ def test_distill_trains_the_student_and_evaluates_the_ensemble(distill_setup: Pa
     assert all(k.startswith("model.") for k in state)  # the plain student U-Net
     n_train = counts["training_labelled"] + counts["training_unlabelled"]
     assert len(list((bundle / "cache" / "soft_targets").glob("*/*.npy"))) == n_train
-    ts = bundle / "models" / "model.ts"  # the student exports to TorchScript like every bundle
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(ts),
-        ckpt_file=str(bundle / "models" / "model.pt"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        config_file=str(bundle / "configs" / "inference.json"),
-        bundle_root=str(bundle),
-        input_shape=[1, 1, 64, 64],
-        use_trace=True,
-    )
+    ts = export_torchscript(bundle, read_json(bundle / "configs" / "metadata.json"))  # as every exported bundle
     assert torch.jit.load(str(ts))(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
     configs = [bundle / "configs" / c for c in ("train.json", "evaluate.json", "evaluate_ensemble.json")]
     run_bundle(configs, *overrides, cwd=bundle.parent)

@@ -20,8 +20,7 @@ import yaml
 from monai.bundle import ConfigParser, verify_metadata
 from PIL import Image
 
-from common.deploy.zoo import MANIFEST, BundleZipError, extract_bundle, load_weights
-from scripts.export_bundle import large_file_entries
+from common.deploy.zoo import MANIFEST, BundleZipError, extract_bundle, large_file_entries, load_weights
 from tests.conftest import REPO, copy_bundle, read_json, run_bundle, tiny_train_overrides
 
 SCHEMA = REPO / "common" / "deploy" / "schemas" / "bundle_meta_schema.json"
@@ -84,8 +83,10 @@ def test_zip_holds_the_bundle_and_nothing_else(exported: Path, trained: Path) ->
         "docs/README.md", "LICENSE", "large_files.yml", MANIFEST,
         "common/__init__.py", "common/data/transforms.py", "common/deploy/dicom_seg.py", "common/ssl/__init__.py",
     } <= rel  # fmt: skip
-    assert {r for r in rel if r.startswith("models/")} == {"models/model.pt", "models/model.ts"}
-    for part in ("__pycache__", ".pyc", "cache/", "logs/", "eval/", "checkpoint", "metrics.json", ".gitkeep"):
+    # metrics.json travels with model.pt: inference reads the training image size and post-processing from it
+    models = {"models/model.pt", "models/model.ts", "models/metrics.json"}
+    assert {r for r in rel if r.startswith("models/")} == models
+    for part in ("__pycache__", ".pyc", "cache/", "logs/", "eval/", "checkpoint", ".gitkeep"):
         assert not [r for r in rel if part in r], part
     assert (trained / "cache").is_dir() and (trained / "logs").is_dir()  # they were there to leave out
 

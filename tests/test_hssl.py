@@ -158,11 +158,11 @@ def test_aggregate_adds_the_target_images_and_indexes_the_domains_used(tiny_mult
 
 
 def test_benchmark_pretext_timer_passes_labels_through() -> None:
-    from scripts.benchmark import _timed_pretexts
+    from pipeline.benchmark import timed_pretexts
 
     model = MultiTaskUNet(_unet(), create_tasks(["hssl", "rotation"], {"hssl": {"n_domains": 2}}))
     clock = {"pretext": 0.0}
-    _timed_pretexts(model, clock)
+    timed_pretexts(model, clock)
     objective = AuxiliaryObjective(model, {"hssl": 1.0, "rotation": 0.1}, seed=0)
     total, _ = objective(model, torch.rand(2, 1, 32, 32), _labels_of([0, 1], [0, 4]))
     assert torch.isfinite(total) and clock["pretext"] > 0

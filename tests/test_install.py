@@ -131,3 +131,8 @@ def test_missing_selection_names_the_pipeline_run_and_the_commands(
     message = str(error.value)
     assert f"python scripts/install_run.py {seed_dir}" in message
     assert f"--teachers_file {seed_dir}/teachers.json" in message
+
+
+def test_pipeline_install_option_must_name_one_of_the_seeds(tiny_siim: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"--install 3: not one of the run's seeds \[0\]"):
+        run_pipeline(["--dataset-dir", str(tiny_siim), "--out", str(tmp_path / "run"), "--install", "3"])

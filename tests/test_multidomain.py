@@ -366,11 +366,8 @@ def test_empty_source_is_an_error_naming_it(tmp_path: Path) -> None:
 
 
 def test_cli_writes_datalist_and_skipped_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import prepare_multidomain
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    from scripts import prepare_multidomain
+
     three_domains(tmp_path)
     (tmp_path / "a" / "bad.dcm").write_bytes(b"DICM garbage")
     out = tmp_path / "out" / "md.json"
@@ -457,11 +454,8 @@ def test_load_sliced_then_resized_collates(demo: dict, tmp_path: Path) -> None:
 
 
 def test_make_demo_data_script_writes_the_multidomain_datalist(tmp_path: Path) -> None:
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import make_demo_data
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+    from scripts import make_demo_data
+
     out = tmp_path / "md"
     args = ["--out", str(tmp_path / "siim"), "--n-images", "2", "--size", "64", "--multidomain-out", str(out)]
     assert make_demo_data.main(args) == 0

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from pipeline.paths import portable, portable_command, portable_path
+from pipeline.protocol import stage1_names
+from pipeline.scales import parse_overrides
+from pipeline.steps import Step, fingerprint
+from pipeline.sweep import same_setting
 from scripts.compare_pretraining import main as compare_pretraining
-from scripts.run_pipeline import Step, fingerprint, stage1_names
 from scripts.run_pipeline import main as run_pipeline
 from scripts.sweep_lambda import main as sweep_lambda
-from scripts.sweep_lambda import same_setting
 from tests.conftest import REPO
 
 
@@ -119,3 +124,40 @@ def test_sweep_tables_merge_only_at_the_same_setting() -> None:
     assert not same_setting(base, {**base, "overrides": {"epochs": 30}})
     assert not same_setting(base, {**base, "seeds": [0]})
     assert not same_setting({}, base)
+
+
+def test_published_paths_are_repository_relative_or_as_given(tmp_path: Path) -> None:
+    assert portable_path(REPO / "runs" / "multidomain.json") == "runs/multidomain.json"
+    assert portable_path("../shared/data/cxr_lungs") == "../shared/data/cxr_lungs"  # outside: as given
+    assert portable_path(tmp_path) == str(tmp_path)
+    assert portable({"a": str(REPO / "demo_data" / "siim"), "b": [3, "x"]}) == {"a": "demo_data/siim", "b": [3, "x"]}
+    argv = ["--out", str(REPO / "runs" / "x"), "--set", f"multidomain_datalist={REPO / 'runs' / 'm.json'}"]
+    assert portable_command("scripts/run_pipeline.py", argv) == (
+        "python scripts/run_pipeline.py --out runs/x --set multidomain_datalist=runs/m.json"
+    )
+    assert parse_overrides(["epochs=3", "name=abc", 'w={"a": 1}']) == {"epochs": 3, "name": "abc", "w": {"a": 1}}
+    with pytest.raises(SystemExit, match="key=value"):
+        parse_overrides(["epochs"])
+
+
+def _tracked(*patterns: str) -> list[Path]:
+    out = subprocess.run(["git", "ls-files", *patterns], cwd=REPO, capture_output=True, text=True, check=True)
+    return [REPO / line for line in out.stdout.splitlines() if (REPO / line).is_file()]
+
+
+def test_scripts_are_thin_front_ends() -> None:
+    scripts = sorted((REPO / "scripts").glob("*.py"))
+    assert scripts
+    for script in scripts:
+        text = script.read_text()
+        assert "sys.path" not in text, f"{script.name} edits sys.path: the repository is pip-installed"
+        assert not re.search(r"^\s*(from|import) scripts\b", text, re.M), f"{script.name} imports another script"
+
+
+def test_results_files_carry_no_machine_paths() -> None:
+    files = _tracked("scripts/*.json", "scripts/*.md", "bundles/*.json", "bundles/*.md")
+    assert any(f.name == "lambda_sweep.json" for f in files)
+    machine_path = re.compile(r"(?<![\w.~-])/(work|home|tmp|root)(/|\b)")
+    for f in files:
+        found = machine_path.search(f.read_text())
+        assert not found, f"{f.relative_to(REPO)} holds an absolute path: {found.group(0)}..."

@@ -1,4 +1,6 @@
-"""Teacher selection from synthetic metrics: the table, the file, ties, missing and failed variants."""
+"""Teacher selection from synthetic metrics: the table, the file, ties, missing and failed variants.
+
+The rules are ``common.distill.selection``; ``scripts/select_teachers.py`` is its command line."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.select_teachers import main as select_teachers
+from common.distill.selection import select_teachers
+from scripts.select_teachers import main as select_teachers_cli
 
 
 def _variant(root: Path, name: str, dice: float | None, positive: float = 0.5, status: str = "complete") -> None:
@@ -30,7 +33,7 @@ def test_picks_the_better_mode_per_task_and_handles_ties(tmp_path: Path, capsys)
     _variant(tmp_path, "jigsaw_pretrain", 0.60, positive=0.45)  # tie on dice, better positive dice
     _variant(tmp_path, "genesis_joint", 0.50, positive=0.3)
     _variant(tmp_path, "genesis_pretrain", 0.50, positive=0.3)  # full tie
-    code = select_teachers(["--bundles-dir", str(tmp_path), "--tasks", "rotation", "jigsaw", "genesis"])
+    code = select_teachers_cli(["--bundles-dir", str(tmp_path), "--tasks", "rotation", "jigsaw", "genesis"])
     assert code == 0
     table = capsys.readouterr().out
     assert "rotation         0.7000        0.7500  pretrain" in table
@@ -47,7 +50,7 @@ def test_missing_or_failed_variant_is_an_error_naming_it(tmp_path: Path, capsys)
     _variant(tmp_path, "rotation_joint", 0.70)
     _variant(tmp_path, "jigsaw_joint", 0.6)
     _variant(tmp_path, "jigsaw_pretrain", 0.9, status="failed")
-    code = select_teachers(["--bundles-dir", str(tmp_path), "--tasks", "rotation", "jigsaw"])
+    code = select_teachers(tmp_path, ["rotation", "jigsaw"])
     err = capsys.readouterr().err
     assert code == 2 and not (tmp_path / "distill").exists()
     assert "rotation_pretrain: missing" in err and "jigsaw_pretrain: failed: training status is 'failed'" in err
@@ -56,7 +59,7 @@ def test_missing_or_failed_variant_is_an_error_naming_it(tmp_path: Path, capsys)
 def test_allow_missing_takes_what_is_there(tmp_path: Path, capsys) -> None:
     _variant(tmp_path, "rotation_joint", 0.70)
     _variant(tmp_path, "jigsaw_joint", None)  # trained, but no validation dice
-    code = select_teachers(["--bundles-dir", str(tmp_path), "--tasks", "rotation", "jigsaw", "--allow-missing"])
+    code = select_teachers(tmp_path, ["rotation", "jigsaw"], allow_missing=True)
     assert code == 0
     selection = _read(tmp_path)
     assert [t["task"] for t in selection["teachers"]] == ["rotation"]
@@ -67,4 +70,15 @@ def test_allow_missing_takes_what_is_there(tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("allow", [[], ["--allow-missing"]])
 def test_nothing_usable_is_an_error(tmp_path: Path, allow: list[str]) -> None:
-    assert select_teachers(["--bundles-dir", str(tmp_path), "--tasks", "rotation", *allow]) == 2
+    assert select_teachers_cli(["--bundles-dir", str(tmp_path), "--tasks", "rotation", *allow]) == 2
+    assert select_teachers(tmp_path, ["rotation"], allow_missing=bool(allow)) == 2
+
+
+def test_default_tasks_are_the_registered_ones(tmp_path: Path, capsys) -> None:
+    from common.ssl import list_tasks
+
+    for task in list_tasks():
+        _variant(tmp_path, f"{task}_joint", 0.5)
+    out = tmp_path / "sel.json"
+    assert select_teachers(tmp_path, out=out, allow_missing=True) == 0
+    assert [t["task"] for t in json.loads(out.read_text())["teachers"]] == list_tasks()

@@ -345,40 +345,22 @@ def make_demo_multidomain(out_dir: str | Path, seed: int = 0, size: int = 128) -
     with atomic_path(out_dir / "ct" / "synthetic_chest_ct.nii.gz") as tmp:
         tmp.write_bytes(gzip.compress(ct.to_bytes(), mtime=0))  # fixed gzip header: byte-identical reruns
 
-    _synthetic_dicom(
-        out_dir / "mr" / "synthetic_brain_mr_multiframe.dcm",
-        _demo_mr_frames(size, rng(1)),
-        MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-        uid(1),
-        "MR",
-        "MONOCHROME2",
-        BodyPartExamined="HEAD",
-        PixelSpacing=[220.0 / size] * 2,
-    )
-    _synthetic_dicom(
-        out_dir / "us" / "synthetic_us_fan_rgb.dcm",
-        _demo_us_rgb(size, rng(2)),
-        UltrasoundImageStorage,
-        uid(2),
-        "US",
-        "RGB",
-        BodyPartExamined="ABDOMEN",
-    )
+    # (file, pixels, SOP class, modality, photometric, extra tags): one stream and one UID per file
+    dicoms = [
+        ("mr/synthetic_brain_mr_multiframe.dcm", _demo_mr_frames(size, rng(1)),
+         MultiFrameGrayscaleWordSecondaryCaptureImageStorage, "MR", "MONOCHROME2",
+         {"BodyPartExamined": "HEAD", "PixelSpacing": [220.0 / size] * 2}),
+        ("us/synthetic_us_fan_rgb.dcm", _demo_us_rgb(size, rng(2)), UltrasoundImageStorage, "US", "RGB",
+         {"BodyPartExamined": "ABDOMEN"}),
+        ("xray_other/synthetic_hand_cr_mono1.dcm", _demo_hand(size, rng(5)), ComputedRadiographyImageStorage, "CR",
+         "MONOCHROME1",
+         {"BodyPartExamined": "HAND", "WindowCenter": 2048, "WindowWidth": 4096, "PixelSpacing": [200.0 / size] * 2}),
+    ]  # fmt: skip
+    for k, (name, pixels, sop_class, modality, photometric, tags) in zip((1, 2, 5), dicoms, strict=True):
+        _synthetic_dicom(out_dir / name, pixels, sop_class, uid(k), modality, photometric, **tags)
     for k in range(2):
         with atomic_path(out_dir / "fundus" / f"synthetic_fundus_{k}.png") as tmp:
             Image.fromarray(_demo_fundus(size, rng(3 + k))).save(tmp)
-    _synthetic_dicom(
-        out_dir / "xray_other" / "synthetic_hand_cr_mono1.dcm",
-        _demo_hand(size, rng(5)),
-        ComputedRadiographyImageStorage,
-        uid(5),
-        "CR",
-        "MONOCHROME1",
-        BodyPartExamined="HAND",
-        WindowCenter=2048,
-        WindowWidth=4096,
-        PixelSpacing=[200.0 / size] * 2,
-    )
     listing = "\n".join(
         f"  {name}/ -> {group}: " + ", ".join(sorted(p.name for p in folder.iterdir()))
         for name, (folder, group) in sources.items()

@@ -90,6 +90,11 @@ class RunMetrics:
         return None if value is None else float(value)
 
     @property
+    def pretraining(self) -> dict[str, Any]:
+        """What the pre-training phase recorded (``epochs``, ``metrics``; {} for a bundle without one)."""
+        return self.section("pretraining")
+
+    @property
     def history(self) -> list[dict[str, Any]]:
         return self.doc.get("history") or []
 

@@ -67,10 +67,7 @@ def distill_train() -> dict[str, Any]:
     soft_target_cache = {
         "_target_": "common.distill.soft_targets.SoftTargetCache",
         "transform": "@load_transforms",
-        "cache_dir": "@cache_dir",
-        "device": "@device",
-        "batch_size": "@batch_size",
-        "num_workers": "@num_workers",
+        **{key: f"@{key}" for key in ("cache_dir", "device", "batch_size", "num_workers")},  # the same-named ids
     }
     put(cfg, {"soft_target_cache": soft_target_cache}, after="load_transforms")
     train = cfg["train"]

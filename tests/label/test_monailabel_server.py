@@ -2,7 +2,7 @@
 
 Runs only in .venv-label (``make test-label``; pydicom 2.4, monailabel 0.8.5). The session trains a
 tiny student the way tests/test_distill_bundle.py does (synthetic SIIM data, two one-epoch teachers,
-scripts/select_teachers.py, one distillation epoch), deploys a copy of it with the ``common``
+common.distill.selection, one distillation epoch), deploys a copy of it with the ``common``
 package vendored into the bundle folder into MONAI Label's stock ``monaibundle`` app, starts
 ``monailabel start_server`` on 127.0.0.1 and asks it for masks over HTTP. The server gets no
 PYTHONPATH: it imports ``common`` from the deployed bundle only, as a server without this
@@ -41,7 +41,7 @@ from PIL import Image
 
 from common.data.demo import make_demo_siim
 from common.data.rle import decode_union
-from scripts.select_teachers import main as select_teachers
+from common.distill.selection import select_teachers
 from tests.conftest import copy_bundle, tiny_train_overrides
 
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
             bundle / "configs" / "train.json", *overrides, "--labelled_fraction", "0.5", "--seed", str(seed), cwd=root
         )
     distill = copy_bundle(MODEL, root / MODEL)
-    assert select_teachers(["--bundles-dir", str(root), "--tasks", "rotation", "genesis", "--allow-missing"]) == 0
+    assert select_teachers(root, ["rotation", "genesis"], allow_missing=True) == 0
     overrides = [o for o in tiny_train_overrides(siim, distill) if o not in ("--bundle_root", str(distill))]
     _bundle_run(distill / "configs" / "train.json", *overrides, "--labelled_fraction", "0.5", cwd=root)
     assert (distill / "models" / "model.pt").is_file()

@@ -1,0 +1,364 @@
+"""Throughput measurements (``scripts/benchmark.py``): the baseline bundle's trainer against a minimal
+hand-written loop (``bench``: images/s, data wait, other load), every joint bundle's step against the
+baseline's (``stage1_table``), distillation epochs with cached and online soft targets (``distill_table``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.data.demo import make_demo_siim
+from common.utils.io import file_sha256
+from pipeline.paths import BUNDLES
+
+TRAIN_CONFIG = BUNDLES / "baseline" / "configs" / "train.json"
+
+
+@dataclass
+class BenchSetting:
+    """What every measurement shares: the data, resolution, batch size, measured epochs, teacher count."""
+
+    dataset_dir: Path
+    image_size: int = 256
+    batch_size: int = 8
+    repeats: int = 4
+    teachers: int = 5
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def _own_jiffies() -> int:
+    """CPU jiffies used by this process and its finished or running children (the loader workers)."""
+    t = os.times()
+    return int((t.user + t.system + t.children_user + t.children_system) * os.sysconf("SC_CLK_TCK"))
+
+
+@dataclass
+class LoadMeter:
+    """Busy cores used by other processes over an interval (0 = the machine was ours)."""
+
+    busy: int = 0
+    total: int = 0
+    own: int = 0
+
+    def start(self) -> LoadMeter:
+        self.busy, self.total = _cpu_jiffies()
+        self.own = _own_jiffies()
+        return self
+
+    def other_cores(self, worker_jiffies: int = 0) -> float:
+        busy, total = _cpu_jiffies()
+        own = _own_jiffies() - self.own + worker_jiffies
+        interval = max(total - self.total, 1) / (os.cpu_count() or 1)
+        return max(0.0, (busy - self.busy - own) / interval)
+
+
+def _worker_jiffies() -> int:
+    """CPU jiffies of live child processes (DataLoader workers are not reaped until the loader ends)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():  # ppid
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+class HandLoop:
+    """The same network, loss and optimiser in a bare loop over in-memory batches (compute ceiling)."""
+
+    def __init__(self, parser, batch_size: int) -> None:
+        self.network = parser.get_parsed_content("network_def", lazy=False).to(parser.get_parsed_content("device"))
+        self.loss_fn = parser.get_parsed_content("loss", lazy=False)
+        self.optimizer = torch.optim.AdamW(
+            self.network.parameters(),
+            lr=parser.get_parsed_content("learning_rate"),
+            weight_decay=parser.get_parsed_content("weight_decay"),
+        )
+        dataset = parser.get_parsed_content("validate#dataset")  # deterministic transforms, cached
+        samples = [dataset[i % len(dataset)] for i in range(batch_size * 4)]
+        self.images = torch.stack([torch.as_tensor(s["image"]) for s in samples])
+        self.labels = torch.stack([torch.as_tensor(s["label"]) for s in samples])
+        self.batch_size = batch_size
+        self.network.train()
+
+    def step(self, i: int) -> None:
+        k = (i * self.batch_size) % (len(self.images) - self.batch_size + 1)
+        x, y = self.images[k : k + self.batch_size], self.labels[k : k + self.batch_size]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.network(x), y)
+        loss.backward()
+        self.optimizer.step()
+
+    def timed(self, iterations: int) -> float:
+        t0 = time.perf_counter()
+        for i in range(iterations):
+            self.step(i)
+        return time.perf_counter() - t0
+
+
+def bench(dataset_dir: Path, image_size: int, batch_size: int, workers: int, repeats: int) -> dict[str, float]:
+    """Bundle trainer epochs interleaved with hand-loop runs of the same length; medians over ``repeats``.
+
+    Epoch 1 fills the cache and is not counted. After every bundle epoch the hand loop runs as many
+    steps as the epoch had, so both see the same machine state.
+    """
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    with tempfile.TemporaryDirectory() as root:
+        workflow = ConfigWorkflow(
+            config_file=str(TRAIN_CONFIG),
+            workflow_type="train",
+            bundle_root=root,
+            dataset_dir=str(dataset_dir),
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=workers,
+            epochs=repeats + 1,
+            val_interval=10_000,
+        )
+        workflow.initialize()
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        hand = HandLoop(workflow.parser, batch_size)
+        hand.timed(3)  # warm-up
+        epochs, waits, hands, others = [], [], [], []
+        state = {"wait": 0.0, "t0": 0.0, "batch": 0.0}
+        meter = LoadMeter()
+
+        def epoch_started(engine) -> None:
+            state.update(wait=0.0, t0=time.perf_counter(), w0=_worker_jiffies())
+            meter.start()
+
+        def batch_started(engine) -> None:
+            state["batch"] = time.perf_counter()
+
+        def batch_completed(engine) -> None:
+            state["wait"] += time.perf_counter() - state["batch"]
+
+        def epoch_completed(engine) -> None:
+            elapsed = time.perf_counter() - state["t0"]
+            others.append(meter.other_cores(_worker_jiffies() - state["w0"]))
+            if engine.state.epoch == 1:
+                return
+            epochs.append(elapsed)
+            waits.append(state["wait"] / elapsed)
+            hand_meter = LoadMeter().start()
+            hands.append(hand.timed(engine.state.epoch_length))
+            others.append(hand_meter.other_cores())
+
+        trainer.add_event_handler(Events.EPOCH_STARTED, epoch_started)
+        trainer.add_event_handler(Events.GET_BATCH_STARTED, batch_started)
+        trainer.add_event_handler(Events.GET_BATCH_COMPLETED, batch_completed)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, epoch_completed)
+        trainer.run()
+        n_images = len(trainer.data_loader.dataset)
+        steps = len(trainer.data_loader)
+    return {
+        "bundle": n_images / statistics.median(epochs),
+        "hand": steps * batch_size / statistics.median(hands),
+        "wait_share": statistics.median(waits),
+        "other_cores": max(others[1:]),
+    }
+
+
+def timed_pretexts(model: Any, clock: dict[str, float]) -> None:
+    """Wrap every task's ``pretext`` so the time spent generating pretexts adds up in ``clock``."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for task in getattr(model, "tasks", {}).values():
+        original = task.pretext
+
+        def timed(images, generator, _original=original, **labels):  # labels: tasks with label_keys (hssl)
+            sync()
+            t0 = time.perf_counter()
+            out = _original(images, generator, **labels)
+            sync()
+            clock["pretext"] += time.perf_counter() - t0
+            return out
+
+        task.pretext = timed
+
+
+def bench_step(bundle: str, dataset_dir: Path, image_size: int, batch_size: int, repeats: int) -> dict[str, float]:
+    """Median seconds per training step of a bundle's trainer (epoch 1, which fills the cache, not
+    counted) and the share of that step spent generating pretexts."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    with tempfile.TemporaryDirectory() as root:
+        workflow = ConfigWorkflow(
+            config_file=str(BUNDLES / bundle / "configs" / "train.json"),
+            workflow_type="train",
+            bundle_root=root,
+            dataset_dir=str(dataset_dir),
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=0,
+            epochs=repeats + 1,
+            val_interval=10_000,
+        )
+        workflow.initialize()
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        clock = {"pretext": 0.0, "t0": 0.0}
+        timed_pretexts(getattr(trainer.network, "module", trainer.network), clock)
+        steps, shares = [], []
+
+        def started(engine) -> None:
+            clock.update(pretext=0.0, t0=time.perf_counter())
+
+        def completed(engine) -> None:
+            elapsed = time.perf_counter() - clock["t0"]
+            if engine.state.epoch > 1:
+                steps.append(elapsed / engine.state.epoch_length)
+                shares.append(clock["pretext"] / elapsed)
+
+        trainer.add_event_handler(Events.EPOCH_STARTED, started)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, completed)
+        trainer.run()
+    return {"step_s": statistics.median(steps), "pretext_share": statistics.median(shares)}
+
+
+def _selection_of_random_teachers(root: Path, n: int) -> Path:
+    """A teachers.json of ``n`` randomly initialised baseline U-Nets (cost, not quality, is measured)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(TRAIN_CONFIG))
+    entries = []
+    for i in range(n):
+        torch.manual_seed(i)
+        path = root / f"teacher{i}.pt"
+        torch.save(ConfigParser(parser.get()).get_parsed_content("network_def").state_dict(), path)
+        entries.append({"task": f"t{i}", "mode": "joint", "checkpoint": str(path), "sha256": file_sha256(path)})
+    selection = root / "teachers.json"
+    selection.write_text(json.dumps({"teachers": entries}))
+    return selection
+
+
+def bench_epoch(bundle: str, setting: BenchSetting, root: Path, **overrides: Any) -> float:
+    """Median seconds of a training epoch (no validation) after one warm-up epoch that fills the caches."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=str(BUNDLES / bundle / "configs" / "train.json"),
+        workflow_type="train",
+        bundle_root=str(root / bundle),
+        dataset_dir=str(setting.dataset_dir),
+        image_size=setting.image_size,
+        batch_size=setting.batch_size,
+        num_workers=0,
+        epochs=setting.repeats + 1,
+        val_interval=10_000,
+        cache_dir=str(root / "cache"),
+        **overrides,
+    )
+    workflow.initialize()
+    run = workflow.parser["run"]
+    for i, step in enumerate(run):  # the bundle's own set-up steps (teacher check, soft targets), not training
+        if "soft_targets" in step or "teachers" in step:
+            workflow.parser.get_parsed_content(f"run#{i}")
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    times, clock = [], {}
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: clock.update(t0=time.perf_counter()))
+
+    def completed(engine) -> None:
+        if engine.state.epoch > 1:
+            times.append(time.perf_counter() - clock["t0"])
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, completed)
+    trainer.run()
+    return statistics.median(times)
+
+
+def distill_table(setting: BenchSetting) -> None:
+    """Distillation epoch with cached soft targets vs online teachers vs a baseline epoch (same images)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        selection = _selection_of_random_teachers(root, setting.teachers)
+        # every training image labelled: the three epochs then cover exactly the same images
+        common = {"labelled_fraction": 1.0}
+        base = bench_epoch("baseline", setting, root, **common)
+        cached = bench_epoch("distill", setting, root, teachers_file=str(selection), soft_targets="cached", **common)
+        online = bench_epoch("distill", setting, root, teachers_file=str(selection), soft_targets="online", **common)
+    size = f"{setting.image_size}x{setting.image_size}"
+    print(f"\ndistillation epoch, {setting.teachers} teachers, {size}, batch {setting.batch_size}, all images labelled")
+    print(f"{'epoch':<22} {'s':>7} {'vs baseline':>11}")
+    for name, value in (("baseline", base), ("distill, cached", cached), ("distill, online", online)):
+        print(f"{name:<22} {value:>7.1f} {value / base:>10.2f}x")
+    print("target: cached distillation epoch <= 1.2x the baseline epoch")
+
+
+def stage1_table(setting: BenchSetting) -> None:
+    """Step time of every joint bundle relative to the baseline's step (target <= 1.6x)."""
+    bundles = ["baseline", *sorted(p.name for p in BUNDLES.iterdir() if p.name.endswith("_joint"))]
+    size = f"{setting.image_size}x{setting.image_size}"
+    print(f"\nstep time, {size}, batch {setting.batch_size} (aux batch: aux_batch_size)")
+    print(f"{'bundle':<18} {'ms/step':>8} {'vs baseline':>11} {'pretext share':>13}")
+    base = None
+    for bundle in bundles:
+        r = bench_step(bundle, setting.dataset_dir, setting.image_size, setting.batch_size, setting.repeats)
+        base = base or r["step_s"]
+        print(f"{bundle:<18} {r['step_s'] * 1000:>8.0f} {r['step_s'] / base:>10.2f}x {r['pretext_share']:>13.1%}")
+    print("target: joint step <= 1.6x the baseline step")
+
+
+def run_benchmark(
+    dataset_dir: Path,
+    image_size: int = 256,
+    batch_size: int = 8,
+    workers: Sequence[int] = (0, 1, 2),
+    repeats: int = 4,
+    stage1: bool = False,
+    distill: bool = False,
+    teachers: int = 5,
+    only: str | None = None,
+) -> int:
+    """Measure the trainer against the hand loop per DataLoader worker count (``only``: just the ``stage1``
+    or ``distill`` table), then the optional tables; print them. Generates the demo data when missing."""
+    setting = BenchSetting(Path(dataset_dir), image_size, batch_size, repeats, teachers)
+    if not (setting.dataset_dir / "train-rle.csv").is_file():
+        print(f"{setting.dataset_dir} missing: generating the demo data there")
+        make_demo_siim(setting.dataset_dir)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    if only:
+        (stage1_table if only == "stage1" else distill_table)(setting)
+        return 0
+    size = f"{setting.image_size}x{setting.image_size}"
+    print(f"baseline trainer, {size}, batch {setting.batch_size}, data {setting.dataset_dir}")
+    header = f"{'workers':>7} {'bundle img/s':>12} {'hand img/s':>10} {'ratio':>6} {'data wait':>9} {'other load':>10}"
+    print(header)
+    for n in workers:
+        r = bench(setting.dataset_dir, setting.image_size, setting.batch_size, n, setting.repeats)
+        flag = "  (busy machine: repeat)" if r["other_cores"] > 0.2 else ""
+        print(
+            f"{n:>7} {r['bundle']:>12.1f} {r['hand']:>10.1f} {r['bundle'] / r['hand']:>6.2f} "
+            f"{r['wait_share']:>9.1%} {r['other_cores']:>9.2f}c{flag}"
+        )
+    print("targets: ratio >= 0.9, data wait <= 10% (epoch 2, cache warm); 'other load' = cores used by other processes")
+    if stage1:
+        stage1_table(setting)
+    if distill:
+        distill_table(setting)
+    return 0

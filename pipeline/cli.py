@@ -1,0 +1,40 @@
+"""The command-line arguments the protocol commands share (``scripts/run_pipeline.py``, ``sweep_lambda.py``,
+``compare_pretraining.py``): data, run folder, seeds, scale, ``--set``, jobs, ``--force``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.paths import REPO
+from pipeline.scales import SCALES, parse_overrides
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, out: Path, seeds: list[int], scale: str, dataset_required: bool = False
+) -> None:
+    """Add the shared arguments (``--set`` lands in ``overrides``)."""
+    if dataset_required:
+        parser.add_argument("--dataset-dir", type=Path, required=True)
+    else:
+        parser.add_argument("--dataset-dir", type=Path, default=REPO / "demo_data" / "siim")
+    parser.add_argument("--out", type=Path, default=out, help="run folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    parser.add_argument("--scale", choices=sorted(SCALES), default=scale, help="epochs/resolution preset")
+    parser.add_argument(
+        "--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE", help="extra bundle overrides (JSON)"
+    )
+    parser.add_argument("--jobs", type=int, default=None, help="bundles trained at once (default: pipeline.runner)")
+    parser.add_argument("--force", action="store_true", help="retrain and re-evaluate everything")
+
+
+def parse_run_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> dict[str, Any]:
+    """The parsed arguments as keywords (``--set`` parsed); progress lines then appear as they happen."""
+    args = parser.parse_args(argv)
+    args.overrides = parse_overrides(args.overrides)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # also in a log file
+    return vars(args)
