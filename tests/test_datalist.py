@@ -138,7 +138,7 @@ def _break_runs_past_end(siim: Path) -> str:
     i = _first_positive_row(rows)
     rows[i][1] = " 16000 500"  # a 128x128 mask has 16384 pixels
     _write_rows(siim, rows)
-    return rf"ImageId {rows[i][0]}: mask does not fit the 128x128 image: runs go past the end"
+    return rf"train-rle\.csv line {i + 1} \(ImageId {rows[i][0]}\): runs go past the end of the 128x128 image"
 
 
 BREAKERS = [
@@ -264,7 +264,7 @@ def test_unreadable_mask_is_named_without_verification(tmp_path: Path, capsys) -
     assert code == 2 and "case03.png: unreadable image" in capsys.readouterr().err
     code, out = _prepare(tmp_path, "--image-dir", str(images), "--mask-dir", str(masks), "--no-verify", "--skip-bad")
     assert code == 0 and read_json(out)["counts"]["skipped"] == 1
-    with pytest.raises(DataValidationError, match=r"case03\.png: unreadable image(.|\n)*--image-dir .*--mask-dir"):
+    with pytest.raises(DataValidationError, match=r"--image-dir .*--mask-dir(.|\n)*case03\.png: unreadable image"):
         load_or_build_datalist(str(tmp_path / "data"))
 
 

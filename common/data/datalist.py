@@ -24,8 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from common.data.imaging import IMAGE_SUFFIXES, ImageReadError, image_format, read_image, read_mask, stem
-from common.data.rle import RLEError, decode_union, is_empty_rle, parse_rle
+from common.data.imaging import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    image_format,
+    pil_values,
+    read_image,
+    read_mask,
+    stem,
+)
+from common.data.rle import RLEError, decode_rle, is_empty_rle, parse_rle
 from common.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -35,6 +43,8 @@ SIIM_IMAGE_DIR = "dicom-images-train"
 SPLIT_KEYS = ("training_labelled", "training_unlabelled", "validation", "test")
 DEFAULT_SPLIT = (0.70, 0.15, 0.15)
 FOLDER_IMAGE_DIR, FOLDER_MASK_DIR = "images", "masks"
+MAX_SHOWN = 20  # problems an error message lists (``problems`` / the skipped report hold all)
+SKIP_HINT = "fix the files, or pass --skip-bad to skip and report them"
 
 
 @dataclass(frozen=True)
@@ -49,13 +59,18 @@ class Problem:
 
 
 class DataValidationError(ValueError):
-    """The dataset has bad items; the message lists them (all of them in ``problems``)."""
+    """The dataset has bad items; the message lists them (all of them in ``problems``).
+
+    The count and the ``hint`` (what to do) come first, the problems last: the last line of the message
+    is always a problem, naming its file or CSV line.
+    """
 
     def __init__(self, problems: Sequence[Problem], hint: str = "") -> None:
         self.problems = list(problems)
-        shown = "\n".join(f"  - {p}" for p in self.problems[:20])
-        more = f"\n  ... and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
-        super().__init__(f"{len(self.problems)} bad input item(s):\n{shown}{more}{hint}")
+        first = f", the first {MAX_SHOWN} below" if len(self.problems) > MAX_SHOWN else ""
+        shown = "\n".join(f"  - {p}" for p in self.problems[:MAX_SHOWN])
+        hint = f"; {hint}" if hint else ""
+        super().__init__(f"{len(self.problems)} bad input item(s){first}{hint}:\n{shown}")
 
 
 @dataclass
@@ -66,40 +81,69 @@ class ScanResult:
     source: str
     items: list[dict[str, Any]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    rle_where: dict[str, list[str]] = field(default_factory=dict)  # SIIM: the CSV line of each item's RLE
 
 
 # ----------------------------------------------------------------------------- SIIM-ACR
 
 
 def read_rle_csv(csv_path: str | Path) -> tuple[dict[str, list[tuple[int, str]]], list[Problem], set[str]]:
-    """Read ``train-rle.csv`` into {ImageId: [(line, rle), ...]}, the malformed lines and their ImageIds.
+    """Read ``train-rle.csv`` into {ImageId: [(line, rle), ...]}, the problems and the ImageIds they affect.
 
-    Lines are 1-based file lines (the header is line 1), as an editor shows them. The header
-    may spell ``EncodedPixels`` with or without the competition's leading space.
+    Lines are 1-based file lines (the header is line 1), as an editor shows them. The header may spell
+    ``EncodedPixels`` with or without the competition's leading space; a UTF-8 byte-order mark (Excel's
+    "CSV UTF-8"), blank lines and empty trailing cells are accepted. An image with a bad row is bad as a
+    whole (its mask is the union of all its rows): a malformed row, or ``-1`` beside a run-length mask.
     """
     rows: dict[str, list[tuple[int, str]]] = {}
-    problems: list[Problem] = []
-    bad_ids: set[str] = set()
-    with open(csv_path, newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        if header != ["ImageId", "EncodedPixels"]:
-            raise DataValidationError([Problem(f"{csv_path} line 1", f"unexpected header {header}")])
-        for line, row in enumerate(reader, start=2):
-            where = f"{csv_path} line {line}"
-            if len(row) != 2 or not row[0].strip():
-                problems.append(Problem(where, f"expected 'ImageId, EncodedPixels', got {row!r}"))
+    bad_rows: list[tuple[str | None, str, str]] = []  # (ImageId when known, where, what is wrong)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            table = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        problem = "not UTF-8 text: save the CSV as UTF-8 (Excel: 'CSV UTF-8')"
+        raise DataValidationError([Problem(f"{csv_path} byte {e.start}", problem)]) from None
+    header = [h.strip() for h in (table[0] if table else [])]
+    if header != ["ImageId", "EncodedPixels"]:
+        problem = f"unexpected header {header}, expected 'ImageId, EncodedPixels'"
+        raise DataValidationError([Problem(f"{csv_path} line 1", problem)])
+    for line, row in enumerate(table[1:], start=2):
+        cells = [c.strip() for c in row]
+        if not any(cells):
+            continue  # a blank line holds no data
+        while len(cells) > 2 and not cells[-1]:
+            cells.pop()  # nor do empty cells after the two columns (spreadsheets add them)
+        image_id = cells[0] or None
+        where = f"{csv_path} line {line}" + (f" (ImageId {image_id})" if image_id else "")
+        if len(cells) != 2 or image_id is None:
+            bad_rows.append((image_id, where, f"expected 'ImageId, EncodedPixels', got {row!r}"))
+            continue
+        rle = cells[1]
+        if not is_empty_rle(rle):
+            try:
+                parse_rle(rle)
+            except RLEError as e:
+                bad_rows.append((image_id, where, f"malformed RLE: {e}"))
                 continue
-            image_id, rle = row[0].strip(), row[1].strip()
-            if not is_empty_rle(rle):
-                try:
-                    parse_rle(rle)
-                except RLEError as e:
-                    problems.append(Problem(f"{where} (ImageId {image_id})", f"malformed RLE: {e}"))
-                    bad_ids.add(image_id)
-                    continue
-            rows.setdefault(image_id, []).append((line, rle))
+        rows.setdefault(image_id, []).append((line, rle))
+    problems, bad_ids = [], {image_id for image_id, _, _ in bad_rows if image_id}
+    for image_id, where, problem in bad_rows:
+        if image_id in rows:  # the union of the rows left would be an incomplete mask
+            problem += f" (the image is left out with its other row(s): line {_lines(rows[image_id])})"
+        problems.append(Problem(where, problem))
+    for image_id, entries in rows.items():
+        empty = [entry for entry in entries if is_empty_rle(entry[1])]
+        masks = [entry for entry in entries if not is_empty_rle(entry[1])]
+        if empty and masks:
+            problem = f"conflicting rows: '-1' (no mask) on line {_lines(empty)}, a mask on line {_lines(masks)}"
+            problems.append(Problem(f"{csv_path} lines {_lines(entries)} (ImageId {image_id})", problem))
+            bad_ids.add(image_id)
     return rows, problems, bad_ids
+
+
+def _lines(entries: list[tuple[int, str]]) -> str:
+    """The line numbers of CSV rows, comma-separated."""
+    return ", ".join(str(line) for line, _ in entries)
 
 
 def scan_siim(siim_dir: str | Path) -> ScanResult:
@@ -114,7 +158,8 @@ def scan_siim(siim_dir: str | Path) -> ScanResult:
     result = ScanResult(base_dir=siim_dir, source="siim-acr")
     rows, result.problems, bad_ids = read_rle_csv(csv_path)
     files: dict[str, Path] = {}
-    for path in sorted(image_root.rglob("*.dcm")):
+    dicoms, broken = _image_files(image_root, (".dcm",), result.problems)
+    for path in dicoms:
         image_id = path.stem  # the competition names every file <SOPInstanceUID>.dcm
         if image_id in files:
             result.problems.append(Problem(str(path), f"duplicate ImageId (also {files[image_id]})"))
@@ -122,21 +167,23 @@ def scan_siim(siim_dir: str | Path) -> ScanResult:
         files[image_id] = path
     for image_id, path in files.items():
         if image_id in bad_ids:
-            continue  # its malformed row is already reported
+            continue  # its bad row is already reported
         if image_id not in rows:
             result.problems.append(Problem(str(path), f"image has no row in {SIIM_CSV}"))
             continue
-        positives = [r for _, r in rows[image_id] if not is_empty_rle(r)]  # the mask is their union
+        positives = [(line, r) for line, r in rows[image_id] if not is_empty_rle(r)]  # the mask is their union
         result.items.append(
             {
                 "id": image_id,
                 "image": path.relative_to(siim_dir).as_posix(),
-                "rle": positives,
+                "rle": [r for _, r in positives],
                 "positive": bool(positives),
             }
         )
+        result.rle_where[image_id] = [f"{csv_path} line {line} (ImageId {image_id})" for line, _ in positives]
+    reported = bad_ids | broken
     for image_id, entries in rows.items():
-        if image_id not in files and image_id not in bad_ids:
+        if image_id not in files and image_id not in reported:
             line = entries[0][0]
             result.problems.append(
                 Problem(f"{csv_path} line {line} (ImageId {image_id})", f"image not found under {image_root}")
@@ -147,61 +194,91 @@ def scan_siim(siim_dir: str | Path) -> ScanResult:
 # ----------------------------------------------------------------------------- image/mask folders
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+def _image_files(folder: Path, suffixes: Sequence[str], problems: list[Problem]) -> tuple[list[Path], set[str]]:
+    """Files under ``folder`` named with one of ``suffixes`` (sorted, as paths under ``folder``), and the
+    stems of links to missing files: those are added to ``problems`` (not silently left out).
+
+    Symbolic links are followed, to files and to folders (each real folder is walked once), but the
+    paths keep the link names: a datalist names what the user put in the folder.
+    """
+    found, seen, broken = [], set(), set()
+
+    def unreadable(error: OSError) -> None:
+        problems.append(Problem(str(error.filename), f"folder cannot be read ({error.strerror})"))
+
+    for root, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree, or two links to one folder
+            dirs.clear()
+            continue
+        seen.add(real)
+        for name in names:
+            if not name.lower().endswith(tuple(suffixes)):
+                continue
+            path = Path(root) / name
+            if path.is_file():
+                found.append(path)
+            elif path.is_symlink():
+                problems.append(Problem(str(path), f"broken symbolic link (its target {os.readlink(path)} is missing)"))
+                broken.add(stem(path))
+    return sorted(found), broken
 
 
 def scan_folder(image_dir: str | Path, mask_dir: str | Path) -> ScanResult:
     """Pair images with masks of the same file stem (any supported format on either side).
 
     No pixel is read here: :func:`build_datalist` reads the masks (verifying, or alone) for ``positive``.
+    Paths are relative to the folder holding both, without resolving symbolic links (images and masks
+    may be links to files anywhere).
     """
-    image_dir, mask_dir = Path(image_dir), Path(mask_dir)
+    image_dir, mask_dir = Path(os.path.abspath(image_dir)), Path(os.path.abspath(mask_dir))
     for d in (image_dir, mask_dir):
         if not d.is_dir():
             raise FileNotFoundError(f"{d}: folder not found")
-    base = Path(os.path.commonpath([image_dir.resolve(), mask_dir.resolve()]))
+    base = Path(os.path.commonpath([image_dir, mask_dir]))
     result = ScanResult(base_dir=base, source="folder")
     masks: dict[str, Path] = {}
-    for path in _image_files(mask_dir):
+    mask_files, broken = _image_files(mask_dir, IMAGE_SUFFIXES, result.problems)
+    image_files, broken_images = _image_files(image_dir, IMAGE_SUFFIXES, result.problems)
+    broken |= broken_images  # already reported: their partners are not orphans
+    for path in mask_files:
         if stem(path) in masks:
             result.problems.append(Problem(str(path), f"two masks for one image (also {masks[stem(path)]})"))
         masks[stem(path)] = path
     seen: dict[str, Path] = {}
-    for path in _image_files(image_dir):
+    for path in image_files:
         key = stem(path)
         if key in seen:
             result.problems.append(Problem(str(path), f"two images with the stem '{key}' (also {seen[key]})"))
             continue
         seen[key] = path
         if key not in masks:
-            result.problems.append(Problem(str(path), f"no mask named '{key}.*' in {mask_dir}"))
+            if key not in broken:
+                result.problems.append(Problem(str(path), f"no mask named '{key}.*' in {mask_dir}"))
             continue
         result.items.append(
             {
                 "id": key,
-                "image": path.resolve().relative_to(base).as_posix(),
-                "label": masks[key].resolve().relative_to(base).as_posix(),
+                "image": path.relative_to(base).as_posix(),
+                "label": masks[key].relative_to(base).as_posix(),
             }
         )
     for key, path in masks.items():
-        if key not in seen:
+        if key not in seen and key not in broken:
             result.problems.append(Problem(str(path), f"mask without an image named '{key}.*' in {image_dir}"))
     return result
 
 
 # ----------------------------------------------------------------------------- pixel verification
 
-# PIL modes whose values read_mask keeps as they are; every other mode goes through convert("L")
-_PIL_VALUE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
-
 
 def mask_is_positive(path: str | Path) -> bool:
     """Whether ``read_mask(path)`` has any foreground, without building the mask when PIL can tell.
 
     ``read_mask`` marks the pixels above half the file's maximum, so a mask has foreground exactly
-    when that maximum is above zero: for PNG/JPEG this reads the maximum of the same gray values
-    (about 3x cheaper than the full mask); other formats go through ``read_mask`` itself.
+    when that maximum is above zero: for PNG/JPEG this reads the maximum of the same values
+    (:func:`~common.data.imaging.pil_values`, about 3x cheaper than the full mask); other formats go
+    through ``read_mask`` itself.
     """
     path = Path(path)
     if image_format(path) != "pil" or not path.is_file():
@@ -210,8 +287,7 @@ def mask_is_positive(path: str | Path) -> bool:
 
     try:
         with Image.open(path) as im:
-            gray = im if im.mode in _PIL_VALUE_MODES else im.convert("L")
-            peak = gray.getextrema()[1]
+            peak = pil_values(im).getextrema()[1]
     except Exception as e:
         raise ImageReadError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
     return bool(peak > 0)
@@ -222,22 +298,25 @@ def _problem(error: ImageReadError) -> Problem:
     return Problem(where, what)
 
 
-def verify_item(item: dict[str, Any], base_dir: str | Path) -> tuple[Problem | None, bool | None]:
+def verify_item(
+    item: dict[str, Any], base_dir: str | Path, rle_where: Sequence[str] = ()
+) -> tuple[Problem | None, bool | None]:
     """Decode an item's image and mask: (the problem if either is unreadable or they disagree, positive).
 
     ``positive`` is whether a mask file has any foreground (None for RLE items: theirs comes from the CSV).
+    ``rle_where`` names the CSV line of each of ``item["rle"]`` (:attr:`ScanResult.rle_where`).
     """
     image_path = Path(base_dir) / item["image"]
     try:
         image, _ = read_image(image_path)
         height, width = image.shape
-        if "rle" in item:
+        for k, rle in enumerate(item.get("rle", [])):
             try:
-                decode_union(item["rle"], height, width)
+                decode_rle(rle, height, width)
             except RLEError as e:
-                problem = f"mask does not fit the {height}x{width} image: {e}"
-                return Problem(f"{SIIM_CSV} ImageId {item['id']}", problem), None
-        elif "label" in item:
+                where = rle_where[k] if k < len(rle_where) else f"{SIIM_CSV} (ImageId {item['id']})"
+                return Problem(where, str(e)), None
+        if "label" in item:
             mask = read_mask(Path(base_dir) / item["label"])
             if mask.shape != image.shape:
                 return Problem(
@@ -251,8 +330,12 @@ def verify_item(item: dict[str, Any], base_dir: str | Path) -> tuple[Problem | N
     return None, None
 
 
-def mask_item(item: dict[str, Any], base_dir: str | Path) -> tuple[Problem | None, bool | None]:
-    """Read only an item's mask file: (the problem if it is unreadable, whether it has any foreground)."""
+def mask_item(
+    item: dict[str, Any], base_dir: str | Path, rle_where: Sequence[str] = ()
+) -> tuple[Problem | None, bool | None]:
+    """Read only an item's mask file: (the problem if it is unreadable, whether it has any foreground).
+
+    ``rle_where`` is unused (mask files have no CSV lines): the signature of :func:`verify_item`."""
     try:
         return None, mask_is_positive(Path(base_dir) / item["label"])
     except ImageReadError as e:
@@ -260,14 +343,16 @@ def mask_item(item: dict[str, Any], base_dir: str | Path) -> tuple[Problem | Non
 
 
 def _check_items(check: Any, result: ScanResult, items: list[dict[str, Any]], workers: int) -> None:
-    """Run ``check(item, base_dir)`` over ``items`` of ``result`` (in ``workers`` processes when > 1):
-    record each ``positive`` it returns on its item, move the failed items to ``result.problems``."""
+    """Run ``check(item, base_dir, rle_where)`` over ``items`` of ``result`` (in ``workers`` processes when
+    > 1): record each ``positive`` it returns on its item, move the failed items to ``result.problems``."""
     bases = [str(result.base_dir)] * len(items)
+    wheres = [result.rle_where.get(item["id"], ()) for item in items]
     if workers > 1 and len(items) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            outcome = list(pool.map(check, items, bases, chunksize=max(1, len(items) // (workers * 8))))
+            chunk = max(1, len(items) // (workers * 8))
+            outcome = list(pool.map(check, items, bases, wheres, chunksize=chunk))
     else:
-        outcome = [check(item, base) for item, base in zip(items, bases, strict=True)]
+        outcome = [check(*args) for args in zip(items, bases, wheres, strict=True)]
     failed = set()
     for item, (problem, positive) in zip(items, outcome, strict=True):
         if problem is not None:
@@ -411,7 +496,7 @@ def build_datalist(
     else:
         read_mask_flags(scan, workers=workers)
     if scan.problems and not skip_bad:
-        raise DataValidationError(scan.problems, hint="\nFix the files, or pass --skip-bad to skip and report them.")
+        raise DataValidationError(scan.problems, hint=SKIP_HINT)
     for p in scan.problems:
         logger.warning("skipped %s", p)
     if not scan.items:
@@ -485,8 +570,8 @@ def load_or_build_datalist(
         raise DataValidationError(
             scan.problems,
             hint=(
-                f"\nRun `python scripts/prepare_siim.py {source} --out datalist.json "
-                "--skip-bad` to skip and report them, then pass --datalist_file datalist.json."
+                f"run `python scripts/prepare_siim.py {source} --out datalist.json --skip-bad` "
+                "to skip and report them, then pass --datalist_file datalist.json"
             ),
         )
     datalist = build_datalist(scan, labelled_fraction, split_seed, verify=False)

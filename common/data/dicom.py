@@ -9,6 +9,10 @@ the pylibjpeg plugins.
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from common.data.imaging import ImageReadError, one_line, to_unit_range
+
+logger = logging.getLogger(__name__)
 
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma, as PIL's convert("L")
 
@@ -47,16 +53,57 @@ def voi_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def open_dicom(path: str | Path) -> Any:
-    """The dataset of a DICOM file with pixel data; :class:`ImageReadError` naming the file otherwise."""
-    import pydicom
+def _mute(record: logging.LogRecord) -> bool:
+    return False
 
+
+@contextmanager
+def _quiet_pydicom() -> Iterator[list[str]]:
+    """Catch what pydicom says while reading (it both logs and warns each problem): the messages, once each.
+
+    Like every ``warnings.catch_warnings``, not thread-safe: warnings of other threads meanwhile are caught too.
+    """
+    said: list[str] = []
+    pydicom_logger = logging.getLogger("pydicom")
+    pydicom_logger.addFilter(_mute)
     try:
-        ds = pydicom.dcmread(str(path))
-    except Exception as e:  # pydicom raises many types for truncated/corrupt files
-        raise ImageReadError(f"{path}: unreadable DICOM ({type(e).__name__}: {one_line(e)})") from e
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield said
+        said.extend(dict.fromkeys(one_line(w.message) for w in caught))
+    finally:
+        pydicom_logger.removeFilter(_mute)
+
+
+def open_dicom(path: str | Path) -> Any:
+    """The dataset of a DICOM file with pixel data; :class:`ImageReadError` naming the file otherwise.
+
+    pydicom's own warnings while reading (invalid values, a file cut short) are not shown: a file that
+    cannot be used gets the one error, one that can is read quietly (the warnings go to the debug log).
+    Every top-level element is converted here, so later reads of the dataset stay quiet too.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    path = Path(path)
+    with _quiet_pydicom() as said:
+        try:
+            ds = pydicom.dcmread(str(path))
+            for _ in ds:  # convert the raw elements now, inside the quiet block
+                pass
+        except InvalidDicomError as e:
+            size = path.stat().st_size if path.is_file() else 0
+            if size == 0:
+                raise ImageReadError(f"{path}: empty file, not a DICOM file") from e
+            short = f"; only {size} bytes, cut short?" if size < 132 else ""
+            reason = "no DICM preamble" if "DICM" in str(e) else one_line(e)
+            raise ImageReadError(f"{path}: not a DICOM file ({reason}{short})") from e
+        except Exception as e:  # pydicom raises many types for truncated/corrupt files
+            raise ImageReadError(f"{path}: unreadable DICOM ({type(e).__name__}: {one_line(e)})") from e
     if "PixelData" not in ds:
         raise ImageReadError(f"{path}: DICOM file has no pixel data (truncated, or not an image)")
+    for message in said:
+        logger.debug("%s: pydicom: %s", path, message)
     return ds
 
 

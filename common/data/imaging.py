@@ -59,16 +59,35 @@ def to_unit_range(values: np.ndarray) -> np.ndarray:
     return ((values - lo) / (hi - lo)).astype(np.float32)
 
 
+PIL_VALUE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # PIL modes whose values are kept as they are
+
+
+def pil_values(im: Any) -> Any:
+    """The one-band PIL image whose values :func:`read_pil_values` returns for an opened image ``im``.
+
+    16-bit / integer / float modes as they are; colour, palette and gray as luminance (``convert("L")``),
+    except an image with transparency whose colour is one constant while its alpha varies (a shape drawn
+    only in the alpha channel, as some annotation tools save masks): then the alpha channel.
+    """
+    if im.mode in PIL_VALUE_MODES:
+        return im
+    if "A" in im.getbands() or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        extrema = rgba.getextrema()
+        alpha_lo, alpha_hi = extrema[3]
+        if all(lo == hi for lo, hi in extrema[:3]) and alpha_lo != alpha_hi:
+            return rgba.getchannel("A")
+    return im.convert("L")
+
+
 def read_pil_values(path: str | Path) -> np.ndarray:
-    """PNG/JPEG/TIFF pixel values as float64 (rows, cols): 16-bit kept, colour/palette/alpha -> luminance."""
+    """PNG/JPEG/TIFF pixel values as float64 (rows, cols): see :func:`pil_values` for which values."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                return np.asarray(im, dtype=np.float64)
-            return np.asarray(im.convert("L"), dtype=np.float64)  # RGB/palette/alpha -> luminance
+            return np.asarray(pil_values(im), dtype=np.float64)
     except Exception as e:
         raise ImageReadError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
 

@@ -53,7 +53,10 @@ def decode_rle(rle: str, height: int, width: int) -> np.ndarray:
     ends = np.cumsum(starts_rel + lengths)
     starts = ends - lengths
     if ends[-1] > flat.size:
-        raise RLEError(f"runs go past the end of a {height}x{width} mask (last run ends at {int(ends[-1])})")
+        raise RLEError(
+            f"runs go past the end of the {height}x{width} image "
+            f"(the last run ends at pixel {int(ends[-1])} of {flat.size})"
+        )
     for s, e in zip(starts, ends, strict=True):
         flat[s:e] = 1
     return flat.reshape((height, width), order="F")
