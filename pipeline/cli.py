@@ -1,15 +1,18 @@
 """The command-line arguments the protocol commands share (``scripts/run_pipeline.py``, ``sweep_lambda.py``,
-``compare_pretraining.py``): data, run folder, seeds, scale, ``--set``, jobs, ``--force``."""
+``compare_pretraining.py``): data, run folder, seeds, scale, ``--set``, jobs, ``--force``; and how they end
+on a failed step (``error: ...``, no traceback)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.utils.checkpoints import CheckpointError
 from pipeline.paths import REPO
+from pipeline.runner import StepError
 from pipeline.scales import SCALES, parse_overrides
 
 
@@ -38,3 +41,12 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | N
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # also in a log file
     return vars(args)
+
+
+def run_command(function: Callable[..., int], arguments: dict[str, Any]) -> int:
+    """``function(**arguments)``; a failed bundle run or step, or an unreadable checkpoint, ends the command
+    with ``error: <what failed and why>`` (exit status 1) instead of a traceback."""
+    try:
+        return function(**arguments)
+    except (StepError, CheckpointError) as e:
+        raise SystemExit(f"error: {e}") from None

@@ -149,6 +149,7 @@ def predict_masks(model_files: dict[str, Any], images: list[str], image_size: in
     from monai.bundle import ConfigParser
 
     from common.distill.teachers import load_ensemble
+    from common.utils.checkpoints import load_checkpoint
 
     parser = ConfigParser()
     parser.read_config(str(BASELINE_TRAIN))
@@ -168,7 +169,7 @@ def predict_masks(model_files: dict[str, Any], images: list[str], image_size: in
         if isinstance(source, tuple):
             net = load_ensemble(source[1], network_def, "cpu", 1.0)
         else:
-            network_def.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
+            network_def.load_state_dict(load_checkpoint(source))
             net = network_def
         net.eval()
         with torch.no_grad():

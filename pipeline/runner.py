@@ -48,11 +48,21 @@ def default_jobs() -> int:
     return max(1, min(6, os.cpu_count() or 1))
 
 
-class Runner:
-    """Runs bundle commands (as subprocesses), with logs under the run folder and device assignment."""
+class StepError(RuntimeError):
+    """A bundle run or a pipeline step failed; the message names it and says why (no traceback needed)."""
 
-    def __init__(self, jobs: int | None, nproc: int, log_dir: Path, dry_run: bool = False) -> None:
+
+class Runner:
+    """Runs bundle commands (as subprocesses), with logs under the run folder and device assignment.
+
+    ``dry_run``: the steps only say what they would do (nothing is run or written); ``no_retrain``: a step
+    that would replace a completed model stops the run instead (``pipeline.steps``)."""
+
+    def __init__(
+        self, jobs: int | None, nproc: int, log_dir: Path, dry_run: bool = False, no_retrain: bool = False
+    ) -> None:
         self.jobs, self.nproc, self.log_dir, self.dry_run = jobs or default_jobs(), nproc, log_dir, dry_run
+        self.no_retrain = no_retrain
         self.gpus = _gpu_count()
         self._free_devices = list(range(self.gpus)) if self.gpus > 1 and self.jobs > 1 else []
         self._lock = threading.Lock()
@@ -75,11 +85,11 @@ class Runner:
             launcher = [sys.executable, "-m"]
         config_arg = str(configs[0]) if len(configs) == 1 else repr([str(c) for c in configs])
         cmd = [*launcher, "monai.bundle", "run", "--config_file", config_arg, *_cli(overrides)]
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_dir / f"{log_name}.log"
-        if self.dry_run:
+        if self.dry_run:  # (writes nothing, not even the log folder)
             print("  " + " ".join(cmd))
             return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{log_name}.log"
         with self._lock:
             device = self._free_devices.pop(0) if self._free_devices else None
         try:
@@ -91,11 +101,11 @@ class Runner:
                     self._free_devices.append(device)
         if proc.returncode != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-            raise RuntimeError(f"{log_name} failed (exit {proc.returncode}); log: {log}\n{tail}")
+            raise StepError(f"{log_name} failed (exit {proc.returncode}); log: {log}\n{tail}")
 
     def run_all(self, work: dict[str, Callable[[], str]]) -> None:
         """Call every ``label -> function`` (``jobs`` at a time; one with torchrun), printing ``label: result``
-        as each finishes; after all have finished, raise one RuntimeError naming every failure."""
+        as each finishes; after all have finished, raise one ``StepError`` naming every failure."""
         failures = []
         with concurrent.futures.ThreadPoolExecutor(max_workers=1 if self.nproc > 1 else self.jobs) as pool:
             futures = {pool.submit(fn): label for label, fn in work.items()}
@@ -106,4 +116,4 @@ class Runner:
                     failures.append(str(e))
                     print(f"{futures[future]}: FAILED", file=sys.stderr)
         if failures:
-            raise RuntimeError("\n".join(failures))
+            raise StepError("\n".join(failures))

@@ -1,10 +1,15 @@
-"""Scale presets (epochs, resolution) and the user's ``--set key=value`` bundle overrides."""
+"""Scale presets (epochs, resolution) and the user's ``--set key=value`` bundle overrides (checked against the
+keys of the bundles a run uses: a typo stops the run with the close matches)."""
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+
+from pipeline.paths import BUNDLES
 
 # settings per scale; anything else comes from the bundle configs (or --set key=value). The demo scale
 # fits the whole protocol into about 10 minutes on 2 CPU cores (measured: README); the student's epoch
@@ -47,3 +52,33 @@ def bundle_overrides(scale: str, bundle: str, user: dict[str, Any]) -> dict[str,
     if not bundle.endswith("_pretrain"):
         overrides.pop("pretrain_epochs", None)
     return {**overrides, **PER_BUNDLE.get(scale, {}).get(bundle, {}), **user}
+
+
+def config_keys(bundle: Path) -> set[str]:
+    """The settings a bundle has: the top-level keys of its ``configs/*.json`` (``a`` for ``a#b``; not the
+    metadata, not ``_x_``)."""
+    keys: set[str] = set()
+    for config in (Path(bundle) / "configs").glob("*.json"):
+        if config.name != "metadata.json":
+            keys |= {k.split("#")[0] for k in json.loads(config.read_text()) if not k.startswith("_")}
+    return keys
+
+
+def check_overrides(user: dict[str, Any], bundles: Iterable[str] | None = None) -> None:
+    """Stop (``SystemExit``, the message only) when a ``--set`` key is in none of ``bundles`` (names in
+    ``bundles/``; default all), listing the known keys, close matches first. A key only some of the bundles
+    have (HSSL's ``multidomain_datalist``) is fine: the others ignore it. ``a#b`` is checked as ``a``."""
+    names = sorted(set(bundles) if bundles is not None else (p.parent.name for p in BUNDLES.glob("*/configs")))
+    known = set().union(*(config_keys(BUNDLES / n) for n in names))
+    unknown = [k for k in user if k.split("#")[0] not in known]
+    if not unknown:
+        return
+    lines, close = [], []
+    for key in unknown:
+        matches = difflib.get_close_matches(key.split("#")[0], sorted(known), n=5, cutoff=0.6)
+        close += [m for m in matches if m not in close]
+        hint = f"; did you mean {', '.join(matches)}?" if matches else ""
+        lines.append(f"error: --set {key}: no bundle this run uses has this setting{hint}")
+    rest = sorted(known - set(close))
+    lines.append(f"known keys of {', '.join(names)}: {', '.join([*close, *rest])}")
+    raise SystemExit("\n".join(lines))

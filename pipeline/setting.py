@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 from common.data.datalist import build_datalist, scan_dataset
 from common.utils.io import atomic_write_json, file_sha256
 from pipeline.paths import BUNDLES, portable, portable_path
-from pipeline.scales import SCALES, bundle_overrides
+from pipeline.scales import SCALES, bundle_overrides, check_overrides
 from pipeline.steps import Step, output_overrides
 
 
@@ -19,7 +21,8 @@ class RunSetting:
     """The data, the run folder (``out``), the scale preset and the ``--set`` overrides of one invocation.
 
     ``dataset_dir`` and ``out`` are resolved (bundles run from the repository root); ``shown`` keeps them
-    as published summaries record them (``pipeline.paths.portable_path``).
+    as published summaries record them (``pipeline.paths.portable_path``). Every ``--set`` key must be a
+    setting of one of ``bundles`` (the names in ``bundles/`` the run uses; default: any bundle).
     """
 
     dataset_dir: Path
@@ -28,9 +31,11 @@ class RunSetting:
     overrides: dict[str, Any] = field(default_factory=dict)
     skip_bad: bool = False
     force: bool = False
+    bundles: Sequence[str] | None = None
     shown: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
+        check_overrides(self.overrides, self.bundles)
         self.shown = {"dataset_dir": portable_path(self.dataset_dir), "out": portable_path(self.out)}
         self.dataset_dir, self.out = Path(self.dataset_dir).resolve(), Path(self.out).resolve()
         if not self.dataset_dir.is_dir():
@@ -43,15 +48,23 @@ class RunSetting:
         """The scale preset with the user's overrides on top, as published (portable paths)."""
         return portable({**SCALES[self.scale], **self.overrides})
 
-    def seed_data(self, seed_dir: Path, fraction: float, seed: int) -> tuple[dict[str, Any], str]:
+    def seed_data(self, seed_dir: Path, fraction: float, seed: int, write: bool = True) -> tuple[dict[str, Any], str]:
         """Write the seed's verified datalist once (split and labelled subset); return the data overrides every
-        run of the seed shares (data, split, seeds, the shared cache) and the datalist's sha256."""
+        run of the seed shares (data, split, seeds, the shared cache) and the datalist's sha256. ``write=False``
+        (a dry run): a missing datalist is built in memory only; its sha256 is that of the file it would be."""
         datalist_file = seed_dir / "datalist.json"
         if not datalist_file.is_file():
             scan = scan_dataset(self.dataset_dir)
             datalist = build_datalist(scan, fraction, seed, skip_bad=self.skip_bad, workers=os.cpu_count() or 1)
+            if not write:  # the file it would be, written outside the run folder and gone at once
+                with tempfile.TemporaryDirectory() as tmp:
+                    sha = file_sha256(atomic_write_json(Path(tmp) / datalist_file.name, datalist))
+                return self._data(datalist_file, fraction, seed), sha
             atomic_write_json(datalist_file, datalist)
-        data = {
+        return self._data(datalist_file, fraction, seed), file_sha256(datalist_file)
+
+    def _data(self, datalist_file: Path, fraction: float, seed: int) -> dict[str, Any]:
+        return {
             "dataset_dir": str(self.dataset_dir),
             "datalist_file": str(datalist_file),
             "labelled_fraction": fraction,
@@ -59,7 +72,6 @@ class RunSetting:
             "seed": seed,
             "cache_dir": str(self.out / "cache"),
         }
-        return data, file_sha256(datalist_file)
 
     def step(
         self, name: str, bundle: str, out: Path, data: dict[str, Any], facts: Any, extra: dict | None = None

@@ -1,23 +1,34 @@
 """One bundle run of the protocol: train it (resumable) and evaluate it, each only when not already current.
 
-A training step is skipped when its ``metrics.json`` says ``complete`` and records the same fingerprint
-(bundle configs + overrides + the extra facts: datalist content, for the student the teachers' sha256);
-an interrupted step with a matching fingerprint and a ``checkpoint_epoch=N.pt`` continues with
-``--resume true``; an evaluation is skipped when its model file is unchanged. Code changes are not part
-of the fingerprint: pass ``force`` after changing ``common``.
+A training step is current when its ``metrics.json`` says ``complete``, records the same fingerprint
+(bundle configs + overrides + the extra facts: datalist content, for the student the teachers' sha256)
+and its ``model.pt`` still has the sha256 training recorded (a changed or corrupt model is retrained, or
+stops the run under ``no_retrain``). Nothing completed is deleted before its replacement is: a training
+runs in ``<out>.partial`` and replaces ``<out>`` by renames only once it completed; an interrupted one
+with a matching fingerprint and a ``checkpoint_epoch=N.pt`` continues there with ``--resume true``. An
+evaluation is skipped when its model file is unchanged. Code changes are not part of the fingerprint:
+pass ``force`` after changing ``common``. ``plan_training``/``plan_evaluation`` say what would happen and
+why without writing anything (``--dry-run``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.utils.checkpoints import checkpoint_problem
 from common.utils.io import file_sha256
 from common.utils.metrics import RunMetrics, update_metrics_file
-from pipeline.runner import Runner
+from pipeline.runner import Runner, StepError
+from pipeline.scales import config_keys
+
+CORRUPT = "model.pt changed or corrupt since training"
+NOT_TRAINED = "not trained yet"
 
 
 @dataclass
@@ -43,6 +54,16 @@ class Step:
         """The run's ``metrics.json`` as it is now (empty before training)."""
         return RunMetrics.read(self.metrics_file)
 
+    @property
+    def staging(self) -> Path:
+        """Where a new training runs until it completes (``<out>.partial``)."""
+        return self.out.with_name(self.out.name + ".partial")
+
+    @property
+    def replaced(self) -> Path:
+        """Where the previous outputs wait while the staging folder moves in (``<out>.old``)."""
+        return self.out.with_name(self.out.name + ".old")
+
 
 def output_overrides(out: Path) -> dict[str, str]:
     """Where one run writes its models, logs and evaluation outputs (never inside the bundle)."""
@@ -52,10 +73,9 @@ def output_overrides(out: Path) -> dict[str, str]:
 def fingerprint(step: Step) -> str:
     """sha256 of the bundle's configs, the overrides and the extra facts (datalist, teachers)."""
     digest = hashlib.sha256()
-    known: set[str] = set()
     for config in sorted((step.bundle / "configs").glob("*.json")):
         digest.update(config.name.encode() + config.read_bytes())
-        known |= set(json.loads(config.read_text()))
+    known = config_keys(step.bundle)
     # an override of a key the bundle does not have changes nothing (e.g. HSSL's multidomain_datalist given
     # to every bundle with --set): it must not make a finished run look stale
     overrides = {k: v for k, v in step.overrides.items() if k != "resume" and k.split("#")[0] in known}
@@ -63,30 +83,186 @@ def fingerprint(step: Step) -> str:
     return "fp-" + digest.hexdigest()  # a prefix, so the CLI never reads it as a number
 
 
-def train_step(runner: Runner, step: Step, force: bool) -> str:
-    """Train one bundle unless its outputs are current; return what happened."""
+def _metrics(models: Path) -> RunMetrics:
+    """``models/metrics.json`` (empty when absent or not JSON: then nothing in it is trusted)."""
+    try:
+        return RunMetrics.read(models / "metrics.json")
+    except ValueError:  # a torn or foreign file
+        return RunMetrics()
+
+
+def model_problem(models: Path) -> str | None:
+    """Why the trained ``models/model.pt`` cannot be used (missing, or not the file training saved), or None.
+
+    Checked against the sha256 training recorded in ``metrics.json``; a model trained before that was
+    recorded must at least load."""
+    model = models / "model.pt"
+    if not model.is_file():
+        return "model.pt is missing"
+    recorded = _metrics(models).model.get("sha256")
+    if recorded is None:
+        return None if checkpoint_problem(model) is None else CORRUPT
+    return None if file_sha256(model) == recorded else CORRUPT
+
+
+def _resumable(models: Path) -> tuple[Path | None, str | None]:
+    """(a ``*checkpoint_epoch=N.pt`` of ``models`` to resume from, or None; why the checkpoints cannot be used)."""
+    found = sorted(models.glob("*checkpoint_epoch=*.pt"))  # either phase
+    for checkpoint in found:
+        if checkpoint_problem(checkpoint):
+            return None, f"its checkpoint {checkpoint.name} is unreadable or corrupt"
+    return (found[-1] if found else None), None
+
+
+@dataclass
+class TrainPlan:
+    """What ``train_step`` does: ``current`` (reuse), ``train`` (fresh, in the staging folder), ``resume``
+    (in ``folder``) or ``finish`` (a staged training already completed: move it in); and why."""
+
+    action: str
+    reason: str
+    folder: Path
+    fingerprint: str
+    replaces: bool = False  # a completed model in ``out`` is replaced
+
+    @property
+    def label(self) -> str:
+        """The dry run's word for it: current / would-train / would-resume, with the reason."""
+        word = {"current": "current", "train": "would-train", "resume": "would-resume", "finish": "current"}
+        return f"{word[self.action]} ({self.reason})"
+
+
+def plan_training(step: Step, force: bool) -> TrainPlan:
+    """Decide (reading only) whether ``step`` is current, resumes, or trains, and why."""
     current = fingerprint(step)
-    metrics = step.metrics
-    same = not force and metrics.fingerprint == current
-    if same and metrics.complete and step.model_file.is_file():
-        return "current"
-    resume = same and any((step.out / "models").glob("*checkpoint_epoch=*.pt"))  # either phase
-    if not resume and step.metrics_file.exists() and not runner.dry_run:
-        for old in (step.out / "models").glob("*"):  # another config or data: start clean
-            old.unlink()
-    overrides = {**step.overrides, "pipeline_fingerprint": current, "resume": resume}
-    runner.bundle(
-        [step.bundle / "configs" / "train.json"], overrides, f"{step.out.parent.name}-{step.name}-train", True
-    )
-    return "resumed" if resume else "trained"
+    done = _metrics(step.out / "models")
+    same = not force and done.fingerprint == current
+    if same and done.complete:
+        problem = model_problem(step.out / "models")
+        if problem is None:
+            return TrainPlan("current", "complete, same settings and data, model.pt as trained", step.out, current)
+        reason = problem
+    elif force and done.fingerprint:
+        reason = "--force"
+    elif done.fingerprint is None:
+        reason = (
+            "its metrics.json is unreadable or records no fingerprint" if step.metrics_file.exists() else NOT_TRAINED
+        )
+    elif done.fingerprint != current:
+        reason = "settings, data or teachers changed since training"
+    else:
+        reason = f"the previous training is {done.status or 'incomplete'} and left no checkpoint"
+    replaces = done.complete
+    staged = _metrics(step.staging / "models")
+    if not force and staged.fingerprint == current:
+        if staged.complete and model_problem(step.staging / "models") is None:
+            return TrainPlan(
+                "finish", f"trained in {step.staging.name}, not moved in yet", step.staging, current, replaces
+            )
+        checkpoint, problem = _resumable(step.staging / "models")
+        if checkpoint:
+            why = f"an interrupted training with the same settings: {step.staging.name}/models/{checkpoint.name}"
+            return TrainPlan("resume", why, step.staging, current, replaces)
+        reason = problem or reason
+    if same and not done.complete:
+        checkpoint, problem = _resumable(step.out / "models")
+        if checkpoint:
+            why = f"an interrupted training with the same settings: models/{checkpoint.name}"
+            return TrainPlan("resume", why, step.out, current)
+        reason = problem or reason
+    return TrainPlan("train", reason, step.staging, current, replaces)
+
+
+def _recover(step: Step) -> None:
+    """Finish a swap that was interrupted between its renames (``<out>.old`` left behind)."""
+    old = step.replaced
+    if not old.exists():
+        return
+    if not step.out.exists():
+        staged = _metrics(step.staging / "models")
+        done = staged.complete and model_problem(step.staging / "models") is None
+        os.replace(step.staging if done else old, step.out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _move_in(step: Step) -> None:
+    """Replace ``out`` by the completed staging folder (the old outputs are deleted only afterwards)."""
+    staged = _metrics(step.staging / "models")
+    problem = model_problem(step.staging / "models") if staged.complete else f"training is {staged.status}"
+    if problem:
+        raise StepError(f"{step.name}: {problem} in {step.staging}; {step.out} is left as it was")
+    if step.replaced.exists():
+        shutil.rmtree(step.replaced)
+    if step.out.exists():
+        os.replace(step.out, step.replaced)
+    os.replace(step.staging, step.out)
+    shutil.rmtree(step.replaced, ignore_errors=True)
+
+
+def train_step(runner: Runner, step: Step, force: bool) -> str:
+    """Train one bundle unless its outputs are current; return what happened (with ``runner.dry_run``: what
+    would happen, writing nothing)."""
+    if not runner.dry_run:
+        _recover(step)
+    plan = plan_training(step, force)
+    if runner.dry_run or plan.action == "current":
+        return plan.label if runner.dry_run else "current"
+    where = f"{step.out.parent.name}/{step.name}"
+    if plan.replaces and plan.action != "finish" and runner.no_retrain:
+        raise StepError(f"{where}: {plan.reason} ({step.model_file}); run without --no-retrain to retrain it")
+    if plan.reason == CORRUPT:
+        print(f"{where}: {CORRUPT}; retraining ({step.model_file})")
+    if plan.action == "train" and step.staging.exists():
+        shutil.rmtree(step.staging)  # another fingerprint, or nothing to resume: start clean
+    if plan.action in ("train", "resume"):
+        overrides = {
+            **step.overrides,
+            **output_overrides(plan.folder),
+            "pipeline_fingerprint": plan.fingerprint,
+            "resume": plan.action == "resume",
+        }
+        runner.bundle(
+            [step.bundle / "configs" / "train.json"], overrides, f"{step.out.parent.name}-{step.name}-train", True
+        )
+    if plan.folder == step.staging:
+        _move_in(step)
+    elif not step.metrics.complete:
+        raise StepError(f"{where}: training ended with status {step.metrics.status!r} ({step.metrics_file})")
+    if plan.action == "resume":
+        return "resumed"
+    return "trained" if plan.reason == NOT_TRAINED else f"trained ({plan.reason})"
+
+
+def teachers_stamp(teachers: list[dict[str, Any]]) -> str:
+    """What the ensemble's evaluation is of: the teachers' checkpoints, not the selection file (re-written
+    with a new date each run)."""
+    return hashlib.sha256(json.dumps([t["sha256"] for t in teachers]).encode()).hexdigest()
+
+
+def plan_evaluation(step: Step, ensemble: bool = False, stamp: str | None = None) -> tuple[str, str]:
+    """(``current`` or ``would-evaluate``, why) for a trained ``step``; ``stamp``: the ensemble's teachers."""
+    if ensemble:
+        if stamp is None:
+            return "would-evaluate", "the teachers are selected first"
+    else:
+        problem = model_problem(step.out / "models")
+        if problem:
+            return "would-evaluate", f"after training ({problem})"
+        stamp = file_sha256(step.model_file)
+    recorded = step.metrics.evaluation("test", ensemble).get("source_sha256")
+    if recorded == stamp:
+        return "current", "evaluated on the test split with this model"
+    return "would-evaluate", "not evaluated yet" if recorded is None else "the model changed since its evaluation"
 
 
 def evaluate_step(runner: Runner, step: Step, ensemble: bool = False) -> str:
     """Evaluate the step's model (or the teacher ensemble) on the test split unless already done."""
-    if ensemble:  # the teachers' checkpoints, not the selection file (re-written with a new date each run)
-        teachers = json.loads(Path(step.overrides["teachers_file"]).read_text())["teachers"]
-        stamp = hashlib.sha256(json.dumps([t["sha256"] for t in teachers]).encode()).hexdigest()
-    else:
+    if ensemble:
+        stamp = teachers_stamp(json.loads(Path(step.overrides["teachers_file"]).read_text())["teachers"])
+    else:  # never a model that is not the file training saved
+        problem = model_problem(step.out / "models")
+        if problem:
+            raise StepError(f"{step.out.parent.name}/{step.name}: {problem} ({step.model_file}); rerun to retrain it")
         stamp = file_sha256(step.model_file)
     if step.metrics.evaluation("test", ensemble).get("source_sha256") == stamp:
         return "current"

@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.cli import add_run_arguments, parse_run_arguments
+from pipeline.cli import add_run_arguments, parse_run_arguments, run_command
 from pipeline.compare import run_comparison
 from pipeline.paths import REPO
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--publish", dest="publish_to", type=Path, help="also write the summary here (e.g. scripts/results/x.json)"
     )
-    return run_comparison(**parse_run_arguments(parser, argv))
+    return run_command(run_comparison, parse_run_arguments(parser, argv))
 
 
 if __name__ == "__main__":

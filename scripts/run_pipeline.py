@@ -10,11 +10,15 @@ Everything is written under ``--out`` (bundles stay untouched: their ``ckpt_dir`
     python scripts/run_pipeline.py --dataset-dir demo_data/siim --scale demo --out runs/demo
     python scripts/run_pipeline.py --dataset-dir /data/siim --labelled-fraction 0.1 --seeds 0 1 2 --out runs/siim10
 
-Resuming: a training step is skipped when its ``metrics.json`` says ``complete`` and records the same
+Resuming: a training step is skipped when its ``metrics.json`` says ``complete``, records the same
 fingerprint (bundle configs + overrides + datalist content; for the student also the teachers'
-sha256); an interrupted step with a matching fingerprint and a ``checkpoint_epoch=N.pt`` continues
-with ``--resume true``; an evaluation is skipped when its model file is unchanged. Code changes are
-not part of the fingerprint: pass ``--force`` after changing ``common``.
+sha256) and its ``model.pt`` still has the sha256 training recorded (a changed or corrupt model is
+retrained; ``--no-retrain`` stops instead). A training runs in ``<model>.partial/`` and replaces the
+previous outputs only once it completed; an interrupted one with a matching fingerprint and a
+``checkpoint_epoch=N.pt`` continues with ``--resume true``; an evaluation is skipped when its model
+file is unchanged. Code changes are not part of the fingerprint: pass ``--force`` after changing
+``common``. ``--dry-run`` prints that plan (and why) and writes nothing. A ``--set`` key no bundle of
+the run has is an error that lists the known keys.
 
 Hardware: ``--jobs N`` runs N independent bundles at once (default: one per GPU; without a GPU one
 per CPU core, at most 6); each job sees one GPU (CUDA_VISIBLE_DEVICES) or its share of the CPU
@@ -44,7 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], help="bundle names to leave out (e.g. multitask_joint)")
     parser.add_argument("--nproc-per-bundle", type=int, default=1, help="torchrun processes per bundle")
     parser.add_argument("--skip-bad", action="store_true", help="skip (and list) unreadable images and bad rows")
-    parser.add_argument("--dry-run", action="store_true", help="print the training commands only")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be trained, resumed, reused, evaluated, and why; write nothing",
+    )
+    parser.add_argument(
+        "--no-retrain",
+        action="store_true",
+        help="stop instead of replacing a completed model (changed settings or data, or a model.pt changed or corrupt)",
+    )
     parser.add_argument(
         "--publish", dest="publish_to", type=Path, help="also write the summary here (scripts/results/<name>.json)"
     )

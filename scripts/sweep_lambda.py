@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from common.ssl import list_tasks
-from pipeline.cli import add_run_arguments, parse_run_arguments
+from pipeline.cli import add_run_arguments, parse_run_arguments, run_command
 from pipeline.paths import REPO
 from pipeline.sweep import run_sweep
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=list_tasks(), choices=list_tasks())
     parser.add_argument("--labelled-fraction", type=float, default=0.2)
     parser.add_argument("--skip-bad", action="store_true")
-    return run_sweep(**parse_run_arguments(parser, argv))
+    return run_command(run_sweep, parse_run_arguments(parser, argv))
 
 
 if __name__ == "__main__":

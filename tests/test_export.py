@@ -86,7 +86,7 @@ def test_zip_holds_the_bundle_and_nothing_else(exported: Path, trained: Path) ->
     # metrics.json travels with model.pt: inference reads the training image size and post-processing from it
     models = {"models/model.pt", "models/model.ts", "models/metrics.json"}
     assert {r for r in rel if r.startswith("models/")} == models
-    for part in ("__pycache__", ".pyc", "cache/", "logs/", "eval/", "checkpoint", ".gitkeep"):
+    for part in ("__pycache__", ".pyc", "cache/", "logs/", "eval/", "checkpoint_epoch", ".gitkeep"):
         assert not [r for r in rel if part in r], part
     assert (trained / "cache").is_dir() and (trained / "logs").is_dir()  # they were there to leave out
 
@@ -161,8 +161,9 @@ def test_unpacked_bundle_runs_alone_on_its_vendored_common_and_matches_the_repo_
         *("--input_dir", str(images), "--output_dir", str(tmp_path / "repo"), "--image_size", "64"),
         cwd=tmp_path,
     )
-    alone = sorted(p.name for p in (tmp_path / "alone").iterdir())
-    assert alone == sorted(p.name for p in (tmp_path / "repo").iterdir()) and len(alone) == 4
+    alone = sorted(p.name for p in (tmp_path / "alone").glob("*.png"))
+    assert alone == sorted(p.name for p in (tmp_path / "repo").glob("*.png")) and len(alone) == 4
+    assert (tmp_path / "repo" / "inference_summary.json").is_file()  # written / skipped, next to the masks
     for name in alone:
         np.testing.assert_array_equal(
             np.asarray(Image.open(tmp_path / "alone" / name)), np.asarray(Image.open(tmp_path / "repo" / name))

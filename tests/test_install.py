@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-import common.utils.bundle
 from common.distill.teachers import TeacherSelectionError, read_selection
 from scripts.install_run import main as install_run
 from scripts.run_pipeline import main as run_pipeline
@@ -75,7 +74,7 @@ def test_users_commands_evaluate_infer_and_retrain_from_another_folder(
     # inference writes masks with the installed student
     out = tmp_path / "masks"
     run_bundle([configs / "inference.json"], "--input_dir", str(tiny_siim), "--output_dir", str(out), cwd=elsewhere)
-    masks = sorted(out.glob("*_seg.png"))
+    masks = sorted(out.rglob("*_seg.png"))  # the input subfolders are mirrored
     assert len(masks) == len(list(tiny_siim.rglob("*.dcm")))
     assert set(np.unique(np.asarray(Image.open(masks[0])))) <= {0, 1}
     # the user's command: retrain the student from the installed teachers
@@ -117,10 +116,8 @@ def test_install_refuses_a_corrupt_model_and_a_missing_run(tmp_path: Path, capsy
     assert not (tmp_path / "bundles" / "baseline" / "models" / "model.pt").exists()
 
 
-def test_missing_selection_names_the_pipeline_run_and_the_commands(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(common.utils.bundle, "REPO_ROOT", tmp_path)
+def test_missing_selection_names_the_pipeline_run_and_the_commands(tmp_path: Path) -> None:
+    # <repo>/bundles/distill/models/teachers.json looks for <repo>/runs/*/seed*/teachers.json
     with pytest.raises(TeacherSelectionError, match=r"train the stage-1 bundles"):  # no run: how to make one
         read_selection(tmp_path / "bundles" / "distill" / "models" / "teachers.json")
     seed_dir = tmp_path / "runs" / "demo" / "seed0"

@@ -20,10 +20,13 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from common.data.imaging import ImageReadError, read_image, read_mask
+from common.data.imaging import ImageReadError, one_line, read_image, read_mask
 from common.data.rle import RLEError, decode_union
 
 logger = logging.getLogger(__name__)
+
+#: the item key ``LoadXrayd(on_error="skip")`` sets: "" for a read image, the reason for an unreadable one
+READ_ERROR_KEY = "read_error"
 
 
 class LoadXrayd(MapTransform):
@@ -31,16 +34,39 @@ class LoadXrayd(MapTransform):
 
     Metadata (uniform across formats so batches collate): ``filename_or_obj``, ``format``,
     ``source_shape`` and ``source_affine`` (the NIfTI affine, identity otherwise).
+
+    ``on_error="raise"`` (training, evaluation, MONAI Label) lets an unreadable image stop the run with
+    ``ImageReadError`` naming the file. ``on_error="skip"`` (the inference CLI) logs it and puts a small
+    all-zero placeholder in its place instead, so the batch still runs; every item then carries
+    ``read_error``: "" when the image was read, else the reason, and ``SaveMaskd`` writes no mask for it.
     """
 
-    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False) -> None:
+    PLACEHOLDER_SIZE = 16  # the smallest image the U-Net takes: the placeholder costs next to nothing
+
+    def __init__(
+        self, keys: KeysCollection = "image", allow_missing_keys: bool = False, on_error: str = "raise"
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        if self.on_error == "skip":
+            d.setdefault(READ_ERROR_KEY, "")
         for key in self.key_iterator(d):
             path = str(d[key])
-            image, meta = read_image(path)
+            try:
+                image, meta = read_image(path)
+            except ImageReadError as e:
+                if self.on_error == "raise":
+                    raise
+                reason = one_line(e).removeprefix(f"{path}: ")
+                logger.warning("skipping %s: %s", path, reason)
+                d[READ_ERROR_KEY] = reason
+                image = np.zeros((self.PLACEHOLDER_SIZE, self.PLACEHOLDER_SIZE), dtype=np.float32)
+                meta = {"format": "unreadable"}
             affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
             d[key] = MetaTensor(
                 torch.from_numpy(image[None]),

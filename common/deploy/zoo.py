@@ -143,12 +143,12 @@ def verify_manifest(bundle: str | Path) -> None:
 
 def load_weights(path: str | Path) -> dict[str, Any]:
     """A checkpoint loaded with ``weights_only=True`` on the CPU (tensors and plain containers only)."""
-    import torch
+    from common.utils.checkpoints import CheckpointError, load_checkpoint
 
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # an UnpicklingError for code, others for corrupt files
-        raise BundleZipError(f"{path}: not loadable with weights_only=True ({type(e).__name__}: {e})") from e
+        return load_checkpoint(path)
+    except CheckpointError as e:  # an UnpicklingError for code, others for corrupt files
+        raise BundleZipError(f"{e} (loaded with weights_only=True)") from e
 
 
 def _check_sha1(zip_path: Path, sha1: str | None, model_info: str | Path | None) -> None:

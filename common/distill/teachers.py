@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from common.utils.checkpoints import CheckpointError, load_checkpoint
 from common.utils.io import file_sha256
 
 SELECT_COMMAND = "python scripts/select_teachers.py"
@@ -28,16 +29,16 @@ class TeacherSelectionError(RuntimeError):
     """The teacher selection or one of its checkpoints is missing, unreadable or altered."""
 
 
-def _pipeline_selections() -> list[Path]:
-    """Teacher selections of pipeline runs in the repository (``runs/<run>/seed<N>/teachers.json``)."""
-    from common.utils.bundle import REPO_ROOT
+def _pipeline_selections(selection_file: Path) -> list[Path]:
+    """Teacher selections of pipeline runs next to the bundles (``<repo>/runs/<run>/seed<N>/teachers.json``
+    for ``<repo>/bundles/distill/models/teachers.json``)."""
+    parents = selection_file.resolve().parents
+    return sorted((parents[3] / "runs").glob("*/seed*/teachers.json")) if len(parents) > 3 else []
 
-    return sorted((REPO_ROOT / "runs").glob("*/seed*/teachers.json"))
 
-
-def _missing_selection_hint() -> str:
+def _missing_selection_hint(selection_file: Path) -> str:
     """What to do when a bundle has no selection: install a pipeline run that has one, else train."""
-    runs = _pipeline_selections()
+    runs = _pipeline_selections(selection_file)
     if not runs:
         return TRAIN_HINT
     seed_dir = runs[0].parent
@@ -55,7 +56,7 @@ def read_selection(selection_file: str | Path, tasks: Sequence[str] | None = Non
     """
     path = Path(selection_file)
     if not path.is_file():
-        raise TeacherSelectionError(f"no teacher selection: {path} does not exist; {_missing_selection_hint()}")
+        raise TeacherSelectionError(f"no teacher selection: {path} does not exist; {_missing_selection_hint(path)}")
     try:
         entries = json.loads(path.read_text())["teachers"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -92,7 +93,12 @@ def read_selection(selection_file: str | Path, tasks: Sequence[str] | None = Non
 def load_teacher(entry: dict[str, Any], network_def: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
     """One selected teacher as a frozen copy of ``network_def`` (eval mode) on ``device``."""
     net = copy.deepcopy(network_def)
-    state = torch.load(entry["checkpoint"], map_location="cpu", weights_only=True)
+    try:
+        state = load_checkpoint(entry["checkpoint"])
+    except CheckpointError as e:
+        raise TeacherSelectionError(
+            f"teacher {entry['task']}: {e}; retrain {entry.get('bundle', 'its bundle')} and re-run `{SELECT_COMMAND}`"
+        ) from e
     try:
         net.load_state_dict(state)
     except RuntimeError as e:

@@ -9,12 +9,14 @@
 * ``DistillationTrainer`` (stage 2): the student against the teacher ensemble's soft targets (cached
   in the batch, or computed online from the teachers) plus the segmentation loss on labelled images.
 
-Pretexts are generated on the batch, on the training device, with a seeded ``torch.Generator``.
+Pretexts are generated on the batch, on the training device, with a seeded ``torch.Generator`` whose
+state the resumable checkpoints carry (``common.training.rng.RandomState``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -62,12 +64,32 @@ class AuxiliaryObjective:
             raise KeyError(f"weights given for tasks without a head: {sorted(unknown)}")
         self.model, self.weights, self.seed, self.freeze_bn_stats = model, dict(weights), seed, freeze_bn_stats
         self._generator: torch.Generator | None = None
+        self._restored: Mapping[str, Any] | None = None  # a checkpoint's generator state, applied on first use
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The pretext generator on ``device`` (seeded once; rank-dependent seeds are the caller's job)."""
         if self._generator is None or self._generator.device != device:
             self._generator = torch.Generator(device=device).manual_seed(self.seed)
+            restored, self._restored = self._restored, None
+            if restored is not None and torch.device(restored["device"]).type == self._generator.device.type:
+                self._generator.set_state(restored["state"].cpu())
+            elif restored is not None:
+                warnings.warn(
+                    f"the pretext generator was on {restored['device']}, now on {device}: seeded afresh", stacklevel=2
+                )
         return self._generator
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pretext generator's state (none before its first use): part of a resumable checkpoint."""
+        g = self._generator
+        if g is None:
+            return {"device": None, "state": None} if self._restored is None else dict(self._restored)
+        return {"device": str(g.device), "state": g.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the pretext generator from ``state`` (it is created on the training device on first use)."""
+        self._generator = None
+        self._restored = None if state.get("state") is None else dict(state)
 
     @property
     def label_keys(self) -> tuple[str, ...]:
@@ -112,9 +134,10 @@ def _labels(batch: Any, keys: tuple[str, ...], device: torch.device) -> dict[str
     return {k: torch.as_tensor(batch[k]).to(device).long().reshape(-1) for k in keys}
 
 
-def cycle(loader: Iterable) -> Iterator:
-    """Endless iteration over a loader, re-shuffling (``set_epoch``) each pass when it has a sampler."""
-    epoch = 0
+def cycle(loader: Iterable, first_pass: int = 0) -> Iterator:
+    """Endless iteration over a loader, re-shuffling (``set_epoch``: ``first_pass``, then one more each
+    pass) when it has a sampler that takes an epoch."""
+    epoch = first_pass
     while True:
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
@@ -134,7 +157,10 @@ class MultiTaskTrainer(SupervisedTrainer):
     Args:
         network: the ``MultiTaskUNet`` (its segmentation forward is the plain U-Net).
         loss_function: the segmentation loss.
-        aux_data_loader: loader over all training images (labelled and unlabelled), cycled.
+        aux_data_loader: loader over all training images (labelled and unlabelled), cycled; every training
+            epoch starts a fresh pass, so that where the auxiliary stream stands at an epoch boundary is
+            all in the random state (``common.training.rng``) and a resumed run draws what the
+            uninterrupted run drew.
         task_weights: lambda per task name.
         seg_weight: weight of the segmentation loss.
         pretext_seed: seed of the pretext generator.
@@ -155,11 +181,15 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.objective = AuxiliaryObjective(network, task_weights, pretext_seed)
         self.aux_data_loader = aux_data_loader
         self._aux_batches: Iterator | None = None
+        self._aux_epoch = 0  # the training epoch that _aux_batches was started in
         super().__init__(network=network, loss_function=self._joint_loss, **kwargs)
 
     def _joint_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self._aux_batches is None:
-            self._aux_batches = cycle(self.aux_data_loader)
+        if self._aux_batches is None or self._aux_epoch != self.state.epoch:
+            # pass numbers (a distributed sampler's shuffle) distinct across epochs: an epoch takes at
+            # most epoch_length passes
+            first_pass = (self.state.epoch - 1) * (self.state.epoch_length or 1)
+            self._aux_batches, self._aux_epoch = cycle(self.aux_data_loader, first_pass), self.state.epoch
         batch = next(self._aux_batches)
         images = _images(batch, self.state.device, self.non_blocking)
         labels = _labels(batch, self.objective.label_keys, self.state.device)

@@ -20,6 +20,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from common.ssl.registry import SSLTask
+from common.utils.checkpoints import CheckpointError, load_checkpoint
 
 
 def seg_head_prefix(unet: UNet) -> str:
@@ -134,5 +135,9 @@ def with_pretrained(seg_net: UNet, pretrained_file: str) -> UNet:
             f"{pretrained_file} not found: run this bundle's configs/pretrain.json first "
             "(or configs/train.json, which pre-trains when the file is missing)"
         )
-    transfer_pretrained(seg_net, torch.load(pretrained_file, map_location="cpu", weights_only=True))
+    try:
+        pretrained = load_checkpoint(pretrained_file)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; delete it (configs/train.json pre-trains again when it is missing)") from e
+    transfer_pretrained(seg_net, pretrained)
     return seg_net

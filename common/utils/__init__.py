@@ -1,5 +1,5 @@
-"""Small helpers every layer uses: atomic writes and checksums, where a running bundle lives."""
+"""Small helpers every layer uses: atomic writes, checksums, checkpoints, the running bundle, its settings."""
 
-from common.utils import bundle, io, metrics
+from common.utils import bundle, checkpoints, io, metrics, settings
 
-__all__ = ["bundle", "io", "metrics"]
+__all__ = ["bundle", "checkpoints", "io", "metrics", "settings"]

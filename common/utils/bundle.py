@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.utils.checkpoints import require_loadable
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -96,13 +98,14 @@ def has_checkpoint(ckpt_dir: str, prefix: str = "") -> bool:
 
 
 def latest_checkpoint(ckpt_dir: str, prefix: str = "") -> str:
-    """The resumable checkpoint with the highest epoch in ``ckpt_dir`` (``<prefix>checkpoint_epoch=N.pt``)."""
+    """The resumable checkpoint with the highest epoch in ``ckpt_dir`` (``<prefix>checkpoint_epoch=N.pt``);
+    a corrupt one stops the run with one line naming it."""
     found = _checkpoints(ckpt_dir, prefix)
     if not found:
         raise FileNotFoundError(
             f"resume requested but {ckpt_dir} has no {prefix}checkpoint_epoch=*.pt: train without --resume"
         )
-    return str(found[-1])
+    return require_loadable(found[-1])
 
 
 def require_resumable(ckpt_dir: str, prefixes: list[str]) -> None:

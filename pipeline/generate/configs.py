@@ -147,6 +147,10 @@ def joint_train(variant: Variant) -> dict[str, Any]:
     }
     put(cfg, {"multitask_network": multitask_network}, after="network")
     cfg["optimizer"]["params"] = "$@multitask_network.parameters()"
+    # the resumable checkpoints carry the task heads too (trained alongside; "model" stays the plain U-Net)
+    train = cfg["train"]
+    for handler, objects in (("checkpoint_saver", "save_dict"), ("checkpoint_loader", "load_dict")):
+        put(train[handler][objects], {"heads": "$@multitask_network.heads"}, after="model")
     additional = {"seg_loss": average("seg_loss"), "aux_loss": average("aux_loss")}
     put(cfg["train"], {"additional_metrics": additional}, after="key_metric")
     cfg["train"]["trainer"].update(

@@ -14,6 +14,7 @@ PRETRAIN_STATE = {
     "optimizer": "@pretrain#optimizer",
     "lr_scheduler": "@pretrain#lr_scheduler",
     "trainer": "@pretrain#trainer",
+    "random_state": "@pretrain#random_state",
 }
 PRETRAIN_RESUMABLE = "@resume and common.utils.bundle.has_checkpoint(@ckpt_dir, 'pretrain_')"
 FINETUNE_RESUMABLE = "@resume and common.utils.bundle.has_checkpoint(@ckpt_dir)"
@@ -56,8 +57,10 @@ def pretrain_block() -> dict[str, Any]:
         },
         "key_metric": {"aux_loss": average("aux_loss")},
         "handlers": handlers,
-        # per-epoch resumable state of the phase (network with heads, optimiser, schedule, epoch), next
-        # to the fine-tuning checkpoints under another prefix; `--resume true` continues either phase
+        # per-epoch resumable state of the phase (network with heads, optimiser, schedule, epoch, random
+        # streams), next to the fine-tuning checkpoints under another prefix; `--resume true` continues
+        # either phase
+        "random_state": {"_target_": "common.training.rng.RandomState", "engines": ["@pretrain#trainer"]},
         "checkpoint_saver": {
             "_target_": "CheckpointSaver",
             "_disabled_": "@non_main_rank",
