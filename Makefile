@@ -65,4 +65,4 @@ benchmark: demo-data
 	$(PY) scripts/benchmark.py
 
 clean:
-	rm -rf $(VENV) $(LABEL_VENV) demo_data runs dist bundles/*/models/*.pt bundles/*/models/*.json bundles/*/cache bundles/*/logs bundles/*/eval
+	rm -rf $(VENV) $(LABEL_VENV) demo_data runs dist bundles/*/models/*.pt bundles/*/models/*.json bundles/*/models/backup-* bundles/*/cache bundles/*/logs bundles/*/eval

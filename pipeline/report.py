@@ -20,6 +20,9 @@ from common.utils.metrics import RunMetrics
 from pipeline.paths import BUNDLES
 
 METRICS = ("dice", "dice_positive", "iou")
+# a model whose positive-only test Dice is below this finds (almost) no lesion: "blank". Its competition
+# Dice then comes from the negative images alone, so the table says so next to its name.
+BLANK_POSITIVE_DICE = 0.01
 BASELINE_TRAIN = BUNDLES / "baseline" / "configs" / "train.json"
 
 
@@ -71,6 +74,8 @@ def summarise(rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str,
         modes = [s.get("mode") for s in per_seed.values() if s.get("mode")]
         if modes:
             entry["chosen_modes"] = modes
+        positive = {seed: s["test"].get("dice_positive") for seed, s in per_seed.items()}
+        entry["blank_seeds"] = sorted(seed for seed, v in positive.items() if v is not None and v < BLANK_POSITIVE_DICE)
         out[row] = entry
     return out
 
@@ -91,6 +96,8 @@ def results_table(summary: dict[str, dict[str, Any]]) -> str:
         name = row
         if s.get("chosen_modes"):
             name += f" ({', '.join(sorted(set(s['chosen_modes'])))})"
+        if s.get("blank_seeds"):
+            name += f" **blank** ({len(s['blank_seeds'])}/{s['test_dice_positive']['n']} seeds)"
         lines.append(
             f"| {name} | {_fmt(s['test_dice'])} | {_fmt(s['test_dice_positive'])} | {_fmt(s['test_iou'])} | "
             f"{_fmt(s['val_dice'])} |"
@@ -266,7 +273,8 @@ def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str,
         f"(overrides {json.dumps(settings['overrides'])}); wall time {settings['wall_time_s']:.0f} s.",
         "Test-split metrics: Dice with the SIIM-ACR rule (empty truth and empty prediction score 1), Dice over",
         "images with a positive truth, IoU; mean ± std over seeds. Teachers: each task's better mode on",
-        "validation Dice (the mode chosen per seed in brackets).",
+        "validation Dice (the mode chosen per seed in brackets). **blank**: positive-only test Dice below",
+        f"{BLANK_POSITIVE_DICE} (in that many seeds): the model finds no lesion; its Dice comes from the negatives.",
         "",
         table,
         "",

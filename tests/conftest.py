@@ -76,10 +76,9 @@ def copy_bundle(name: str, dest: Path) -> Path:
     """A clean copy of ``bundles/<name>`` (no cache, logs, outputs or trained models) at ``dest``."""
     import shutil
 
-    shutil.copytree(REPO / "bundles" / name, dest, ignore=shutil.ignore_patterns("cache", "logs", "eval"))
-    for f in (dest / "models").iterdir():
-        if f.name != ".gitkeep":
-            f.unlink()
+    # models/ may hold what `make demo` installed (and backups of it): never copied
+    shutil.copytree(REPO / "bundles" / name, dest, ignore=shutil.ignore_patterns("cache", "logs", "eval", "models"))
+    (dest / "models").mkdir()
     return dest
 
 

@@ -93,3 +93,34 @@ def test_evaluation_section_keeps_training(tmp_path: Path) -> None:
     doc = read_metrics_file(path)
     assert doc["training"]["status"] == "complete"
     assert doc["test"]["dice"] == 0.7 and doc["test"]["checkpoint"] == "m.pt"
+
+
+def test_collapse_to_blank_is_flagged_after_the_patience(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Positive-only Dice 0 for three validations in a row (a validation without positives, NaN, neither
+    starts nor breaks the run): a warning and ``collapse`` in metrics.json; a lesion found again clears it."""
+    path = tmp_path / "metrics.json"
+    positive_dice = iter([0.2, 0.0, float("nan"), 0.0, 0.0, 0.0, 0.1])
+    evaluator = Engine(lambda e, b: None)
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def set_metrics(e: Engine) -> None:
+        e.state.metrics = {"dice": 0.6, "dice_positive": next(positive_dice), "iou": 0.5}
+        e.state.best_metric, e.state.best_metric_epoch = 0.6, 1
+
+    evaluator.state.best_metric, evaluator.state.best_metric_epoch = -1, -1
+    trainer = Engine(lambda e, b: None)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def validate(e: Engine) -> None:  # as MONAI's ValidationHandler: the evaluator runs at the trainer's epoch
+        evaluator.run([0])
+        evaluator.state.epoch = e.state.epoch
+
+    TrainingMetricsWriter(evaluator, str(path), collapse_patience=3).attach(trainer)
+    flags = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: flags.append(read_metrics_file(path)["collapse"]))
+    with caplog.at_level("WARNING", logger="common.training.handlers"):
+        trainer.run([0], max_epochs=7)
+    assert flags[:4] == [None, None, None, None]  # epochs 2 and 4 blank, 3 without positives: two rounds
+    assert flags[4] == {"since_epoch": 2, "rounds": 3} and flags[5] == {"since_epoch": 2, "rounds": 4}
+    assert flags[6] is None  # found a lesion again
+    assert len([r for r in caplog.records if "collapsed to blank" in r.getMessage()]) == 1

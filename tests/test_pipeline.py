@@ -161,3 +161,19 @@ def test_results_files_carry_no_machine_paths() -> None:
     for f in files:
         found = machine_path.search(f.read_text())
         assert not found, f"{f.relative_to(REPO)} holds an absolute path: {found.group(0)}..."
+
+
+def test_report_marks_blank_models_per_seed() -> None:
+    """A model that finds no lesion (positive-only test Dice < 0.01) is marked in the table, with its seeds."""
+    from pipeline.report import results_table, summarise
+
+    def seed(positive: float | None) -> dict:
+        return {"val": {"dice": 0.7}, "test": {"dice": 0.67, "dice_positive": positive, "iou": 0.6}, "history": []}
+
+    summary = summarise(
+        {"baseline": {0: seed(0.0), 1: seed(0.3)}, "student (distill)": {0: seed(0.8)}, "no positives": {0: seed(None)}}
+    )
+    assert summary["baseline"]["blank_seeds"] == [0] and summary["student (distill)"]["blank_seeds"] == []
+    table = results_table(summary)
+    assert "| baseline **blank** (1/2 seeds) |" in table
+    assert "| student (distill) |" in table and "| no positives |" in table  # no positive image: not blank

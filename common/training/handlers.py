@@ -7,6 +7,7 @@ holds the configuration that produced the numbers (what the pipeline compares to
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from monai.handlers import CheckpointSaver
 from common.utils.bundle import running_config, running_settings
 from common.utils.io import file_sha256
 from common.utils.metrics import MODEL_SETTINGS, read_metrics_file, update_metrics_file
+
+logger = logging.getLogger(__name__)
 
 
 def _clean(value: Any) -> Any:
@@ -45,6 +48,9 @@ class TrainingMetricsWriter:
         best_saver: the evaluator's key-metric CheckpointSaver; on resume it is told the best score so
             far, so a worse first epoch after resuming cannot overwrite ``model.pt``.
         extra: more facts to record (data counts, seed, ...).
+        collapse_patience: validation rounds in a row with positive-only Dice 0 (while the validation set
+            has positive images) after which the model is flagged as collapsed to blank predictions: a
+            warning in the log and ``collapse`` in metrics.json (None while it is not collapsed).
     """
 
     def __init__(
@@ -54,8 +60,11 @@ class TrainingMetricsWriter:
         key_metric: str = "dice",
         best_saver: Any = None,
         extra: dict | None = None,
+        collapse_patience: int = 3,
     ) -> None:
         self.evaluator, self.filepath, self.key_metric = evaluator, Path(filepath), key_metric
+        self.collapse_patience = collapse_patience
+        self._collapse_warned = False
         if best_saver is not None and not isinstance(best_saver, CheckpointSaver):
             raise TypeError(f"best_saver must be the evaluator's key-metric CheckpointSaver, got {type(best_saver)}")
         self.best_saver = best_saver
@@ -124,11 +133,34 @@ class TrainingMetricsWriter:
             point.update({f"train_{k}" if k != "train_loss" else k: _clean(v) for k, v in engine.state.metrics.items()})
             self.history.append(point)
             sections["history"] = self.history
+            sections["collapse"] = self._collapse()
         if validated and getattr(state, "best_metric_epoch", -1) == engine.state.epoch:
             validation = {k: _clean(v) for k, v in state.metrics.items()}
             validation.update(best_epoch=engine.state.epoch, n_images=_n_images(self.evaluator))
             sections["validation"] = validation
         update_metrics_file(self.filepath, **sections)
+
+    def _collapse(self) -> dict[str, Any] | None:
+        """The trailing run of validations whose positive-only Dice is 0 (None values: no positive image,
+        they neither start nor break a run), as ``{"since_epoch", "rounds"}`` once it reaches the patience."""
+        blank = []
+        for point in reversed(self.history):
+            value = point.get("dice_positive")
+            if value is None:
+                continue
+            if value > 0:
+                break
+            blank.append(point["epoch"])
+        if len(blank) < self.collapse_patience:
+            return None
+        if not self._collapse_warned:
+            self._collapse_warned = True
+            logger.warning(
+                "validation positive-only Dice has been 0 for %d validations (since epoch %d): the model predicts "
+                "no lesion on any positive validation image (collapsed to blank; see 'collapse' in %s)",
+                len(blank), blank[-1], self.filepath,
+            )  # fmt: skip
+        return {"since_epoch": blank[-1], "rounds": len(blank)}
 
     def completed(self, engine: Engine) -> None:
         model = dict(self.model_settings)
@@ -154,6 +186,28 @@ class EvaluationMetricsWriter:
     def attach(self, engine: Engine) -> None:
         """Register on the evaluator's completion."""
         engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def _collapse(self) -> dict[str, Any] | None:
+        """The trailing run of validations whose positive-only Dice is 0 (None values: no positive image,
+        they neither start nor break a run), as ``{"since_epoch", "rounds"}`` once it reaches the patience."""
+        blank = []
+        for point in reversed(self.history):
+            value = point.get("dice_positive")
+            if value is None:
+                continue
+            if value > 0:
+                break
+            blank.append(point["epoch"])
+        if len(blank) < self.collapse_patience:
+            return None
+        if not self._collapse_warned:
+            self._collapse_warned = True
+            logger.warning(
+                "validation positive-only Dice has been 0 for %d validations (since epoch %d): the model predicts "
+                "no lesion on any positive validation image (collapsed to blank; see 'collapse' in %s)",
+                len(blank), blank[-1], self.filepath,
+            )  # fmt: skip
+        return {"since_epoch": blank[-1], "rounds": len(blank)}
 
     def completed(self, engine: Engine) -> None:
         result = {k: _clean(v) for k, v in engine.state.metrics.items()}
