@@ -187,28 +187,6 @@ class EvaluationMetricsWriter:
         """Register on the evaluator's completion."""
         engine.add_event_handler(Events.COMPLETED, self.completed)
 
-    def _collapse(self) -> dict[str, Any] | None:
-        """The trailing run of validations whose positive-only Dice is 0 (None values: no positive image,
-        they neither start nor break a run), as ``{"since_epoch", "rounds"}`` once it reaches the patience."""
-        blank = []
-        for point in reversed(self.history):
-            value = point.get("dice_positive")
-            if value is None:
-                continue
-            if value > 0:
-                break
-            blank.append(point["epoch"])
-        if len(blank) < self.collapse_patience:
-            return None
-        if not self._collapse_warned:
-            self._collapse_warned = True
-            logger.warning(
-                "validation positive-only Dice has been 0 for %d validations (since epoch %d): the model predicts "
-                "no lesion on any positive validation image (collapsed to blank; see 'collapse' in %s)",
-                len(blank), blank[-1], self.filepath,
-            )  # fmt: skip
-        return {"since_epoch": blank[-1], "rounds": len(blank)}
-
     def completed(self, engine: Engine) -> None:
         result = {k: _clean(v) for k, v in engine.state.metrics.items()}
         result.update(n_images=_n_images(engine), checkpoint=self.checkpoint, **self.extra)
