@@ -16,8 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from common.utils.io import atomic_write_json
-from pipeline.paths import portable_path, publish
+from pipeline.paths import portable_path, write_results
 from pipeline.report import stats
 from pipeline.runner import Runner
 from pipeline.setting import RunSetting
@@ -125,9 +124,5 @@ def run_comparison(
         "summary": summarise(per_seed),
         "per_seed": per_seed,
     }
-    atomic_write_json(setting.out / "comparison.json", results)
-    if publish_to:
-        publish(publish_to, {"kind": "hssl_comparison", **results, "table": table(results)})
-    print(table(results))
-    print(f"wrote {setting.out / 'comparison.json'}")
+    write_results(setting.out / "comparison.json", results, "hssl_comparison", table(results), publish_to)
     return 0

@@ -49,6 +49,18 @@ def portable_command(script: str, argv: Sequence[str]) -> str:
     return " ".join(["python", script, *words])
 
 
+def write_results(
+    path: Path, results: dict[str, Any], kind: str, table: str, publish_to: str | Path | None = None
+) -> None:
+    """Write a comparison's ``results`` to ``path``, publish them (with ``kind`` and the markdown ``table``)
+    when ``publish_to`` is given, and print the table."""
+    atomic_write_json(path, results)
+    if publish_to:
+        publish(publish_to, {"kind": kind, **results, "table": table})
+    print(table)
+    print(f"wrote {path}")
+
+
 def publish(target: str | Path, summary: dict[str, Any]) -> None:
     """Write a run's summary where the bundle READMEs read it (``scripts/results/``): without its per-seed
     details, every path in it portable."""

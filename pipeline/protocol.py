@@ -78,7 +78,8 @@ def run_seed(protocol: Protocol, seed: int, runner: Runner) -> dict[str, Any]:
     selection_file = seed_dir / "teachers.json"
     if select_teachers(seed_dir, protocol.tasks, selection_file, protocol.allow_missing) != 0:
         raise StepError(f"[seed {seed}] teacher selection failed (see above)")
-    teachers = json.loads(selection_file.read_text())["teachers"]
+    selection = json.loads(selection_file.read_text())
+    teachers = selection["teachers"]
     distill = protocol.distill(seed_dir, data, datalist_sha, teachers)
     print(f"[seed {seed}] stage 2: distill: {train_step(runner, distill, setting.force)}")
     models = {**steps, "distill": distill}
@@ -91,6 +92,7 @@ def run_seed(protocol: Protocol, seed: int, runner: Runner) -> dict[str, Any]:
         "dir": str(seed_dir),
         "models": {n: str(s.out) for n, s in models.items()},
         "teachers": teachers,
+        "refused": selection.get("refused", []),
     }
 
 
@@ -115,9 +117,11 @@ def plan_seed(protocol: Protocol, seed: int) -> None:
         print(f"[seed {seed}] teacher selection: would-select (after training {', '.join(pending)})")
         label = "would-train (its teachers are trained first)"
     else:
-        teachers, problems = select(seed_dir, protocol.tasks, protocol.allow_missing)
+        teachers, problems, refused = select(seed_dir, protocol.tasks, protocol.allow_missing)
         if (problems and not protocol.allow_missing) or not teachers:
-            print(f"[seed {seed}] teacher selection: would fail: {'; '.join(problems) or 'no usable teacher'}")
+            blank = "; ".join(f"{r['bundle']}: blank" for r in refused)
+            why = "; ".join(problems) or f"no usable teacher ({blank})"
+            print(f"[seed {seed}] teacher selection: would fail: {why}")
             return
         chosen = ", ".join(f"{t['task']}: {t['mode']}" for t in teachers)
         print(f"[seed {seed}] teacher selection: would-select ({chosen}) into {seed_dir / 'teachers.json'}")

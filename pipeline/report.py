@@ -16,13 +16,12 @@ from typing import Any
 import numpy as np
 
 from common.utils.io import atomic_path, atomic_write_json
-from common.utils.metrics import RunMetrics
+from common.utils.metrics import BLANK_POSITIVE_DICE, RunMetrics
 from pipeline.paths import BUNDLES
 
-METRICS = ("dice", "dice_positive", "iou")
-# a model whose positive-only test Dice is below this finds (almost) no lesion: "blank". Its competition
-# Dice then comes from the negative images alone, so the table says so next to its name.
-BLANK_POSITIVE_DICE = 0.01
+METRICS = ("dice", "dice_positive", "iou", "dice_hmean")
+# BLANK_POSITIVE_DICE: a model whose positive-only test Dice is below it finds (almost) no lesion: "blank". Its
+# competition Dice then comes from the negative images alone, so the table says so next to its name.
 BASELINE_TRAIN = BUNDLES / "baseline" / "configs" / "train.json"
 
 
@@ -87,10 +86,10 @@ def _fmt(stat: dict[str, Any]) -> str:
 
 
 def results_table(summary: dict[str, dict[str, Any]]) -> str:
-    """The markdown results table (test metrics, validation Dice)."""
+    """The markdown results table (test metrics; validation Dice and the checkpoint metric ``dice_hmean``)."""
     lines = [
-        "| model | test dice | test dice (positive) | test IoU | val dice |",
-        "|---|---|---|---|---|",
+        "| model | test dice | test dice (positive) | test IoU | val dice | val dice_hmean |",
+        "|---|---|---|---|---|---|",
     ]
     for row, s in summary.items():
         name = row
@@ -100,7 +99,7 @@ def results_table(summary: dict[str, dict[str, Any]]) -> str:
             name += f" **blank** ({len(s['blank_seeds'])}/{s['test_dice_positive']['n']} seeds)"
         lines.append(
             f"| {name} | {_fmt(s['test_dice'])} | {_fmt(s['test_dice_positive'])} | {_fmt(s['test_iou'])} | "
-            f"{_fmt(s['val_dice'])} |"
+            f"{_fmt(s['val_dice'])} | {_fmt(s['val_dice_hmean'])} |"
         )
     return "\n".join(lines)
 
@@ -243,6 +242,16 @@ def _overlay_figure(out: Path, run: dict[str, Any], image_size: int, n: int = 4)
     return True
 
 
+def refused_lines(seeds: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines naming the stage-1 variants teacher selection refused as blank, per seed (none: [])."""
+    lines = [
+        f"- seed {r['seed']}: `{x['bundle']}` refused as a teacher: {x['reason']}"
+        for r in seeds
+        for x in r.get("refused") or []
+    ]
+    return ["Refused teacher candidates (blank on validation):", "", *lines, ""] if lines else []
+
+
 def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str, Any]) -> str:
     """Write results.json, report.md and the figures under ``out``; return the results table."""
     import matplotlib
@@ -262,7 +271,8 @@ def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str,
     atomic_write_json(
         out / "results.json",
         {"settings": settings, "summary": summary, "per_seed": per_seed, "selection": {
-            str(r["seed"]): {t["task"]: t["mode"] for t in r["teachers"]} for r in seeds}},
+            str(r["seed"]): {t["task"]: t["mode"] for t in r["teachers"]} for r in seeds},
+         "refused": {str(r["seed"]): r.get("refused") or [] for r in seeds}},
     )  # fmt: skip
     seeds_txt = ", ".join(str(r["seed"]) for r in seeds)
     lines = [
@@ -272,12 +282,14 @@ def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str,
         f"seeds {seeds_txt} (split and training seeded alike), scale `{settings['scale']}` "
         f"(overrides {json.dumps(settings['overrides'])}); wall time {settings['wall_time_s']:.0f} s.",
         "Test-split metrics: Dice with the SIIM-ACR rule (empty truth and empty prediction score 1), Dice over",
-        "images with a positive truth, IoU; mean ± std over seeds. Teachers: each task's better mode on",
-        "validation Dice (the mode chosen per seed in brackets). **blank**: positive-only test Dice below",
+        "images with a positive truth, IoU; mean ± std over seeds. Teachers: each task's better mode on the",
+        "validation score `dice_hmean` (the mode chosen per seed in brackets); a variant blank on validation is",
+        "never a teacher (listed below the table). **blank**: positive-only test Dice below",
         f"{BLANK_POSITIVE_DICE} (in that many seeds): the model finds no lesion; its Dice comes from the negatives.",
         "",
         table,
         "",
+        *refused_lines(seeds),
         "![test Dice per model](test_dice.png)",
         "",
         "Validation Dice during training (first seed):",

@@ -48,14 +48,34 @@ class RunSetting:
         """The scale preset with the user's overrides on top, as published (portable paths)."""
         return portable({**SCALES[self.scale], **self.overrides})
 
-    def seed_data(self, seed_dir: Path, fraction: float, seed: int, write: bool = True) -> tuple[dict[str, Any], str]:
+    def seed_data(
+        self,
+        seed_dir: Path,
+        fraction: float,
+        seed: int,
+        write: bool = True,
+        folds: int | None = None,
+        fold: int = 0,
+        labelled_count: int | None = None,
+    ) -> tuple[dict[str, Any], str]:
         """Write the seed's verified datalist once (split and labelled subset); return the data overrides every
         run of the seed shares (data, split, seeds, the shared cache) and the datalist's sha256. ``write=False``
-        (a dry run): a missing datalist is built in memory only; its sha256 is that of the file it would be."""
+        (a dry run): a missing datalist is built in memory only; its sha256 is that of the file it would be.
+        ``folds``/``fold``: fold ``fold`` of a stratified k-fold split instead of 70/15/15; ``labelled_count``:
+        exactly that many labelled training images instead of ``fraction`` (``common.data.datalist``)."""
         datalist_file = seed_dir / "datalist.json"
         if not datalist_file.is_file():
             scan = scan_dataset(self.dataset_dir)
-            datalist = build_datalist(scan, fraction, seed, skip_bad=self.skip_bad, workers=os.cpu_count() or 1)
+            datalist = build_datalist(
+                scan,
+                fraction,
+                seed,
+                skip_bad=self.skip_bad,
+                workers=os.cpu_count() or 1,
+                folds=folds,
+                fold=fold,
+                labelled_count=labelled_count,
+            )
             if not write:  # the file it would be, written outside the run folder and gone at once
                 with tempfile.TemporaryDirectory() as tmp:
                     sha = file_sha256(atomic_write_json(Path(tmp) / datalist_file.name, datalist))

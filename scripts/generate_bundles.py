@@ -4,12 +4,12 @@
 ``bundles/baseline/configs/*.json`` is the template. For every auxiliary task registered in
 ``common.ssl`` the generator writes a joint bundle (``MultiTaskTrainer`` with an auxiliary loader)
 and a pre-training bundle (a ``pretrain`` phase whose weights seed the baseline recipe), plus
-``multitask_joint`` and ``distill``. A fix to the data pipeline is made once in the baseline and
-reaches every bundle by re-running this script; the output is committed, and ``--check`` (run by
-the tests) fails when it is out of date or when the baseline's JSON is not in the generator's
-format. The code is ``pipeline/generate``.
+``multitask_joint``, ``distill`` and ``mean_teacher`` (the semi-supervised competitor). A fix to
+the data pipeline is made once in the baseline and reaches every bundle by re-running this script;
+the output is committed, and ``--check`` (run by the tests) fails when it is out of date or when the
+baseline's JSON is not in the generator's format. The code is ``pipeline/generate``.
 
-    python scripts/generate_bundles.py          # write bundles/<task>_joint, <task>_pretrain, multitask_joint, distill
+    python scripts/generate_bundles.py          # write every generated bundle under bundles/
     python scripts/generate_bundles.py --check  # exit 1 if any generated file differs
 """
 

@@ -41,15 +41,21 @@ def tiny_multidomain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "datalist.json"
 
 
-def run_bundle(configs: list[Path], *overrides: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` as a subprocess; fail the test with its output on error."""
+def try_bundle(configs: list[Path], *overrides: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` as a subprocess, whatever its exit status."""
     config_arg = str(configs[0]) if len(configs) == 1 else repr([str(c) for c in configs])
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_arg, *overrides]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_bundle(configs: list[Path], *overrides: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` as a subprocess; fail the test with its output on error."""
+    proc = try_bundle(configs, *overrides, cwd=cwd, timeout=timeout)
     if proc.returncode != 0:
         pytest.fail(
-            f"bundle run failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+            f"bundle run failed ({proc.returncode}): {' '.join(proc.args)}\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
         )
     return proc
 

@@ -97,7 +97,8 @@ def test_a_registered_task_gets_its_bundles(seventh_task: str, tmp_path: Path) -
 
 def test_generated_configs_name_their_source_and_read_like_the_baseline(generated: Path) -> None:
     configs = _configs(generated)
-    assert len(configs) == 9 * len(list_tasks()) + 4 + 5  # joint: 4 configs, pre-training 5, multitask 4, distill 5
+    # joint: 4 configs, pre-training 5, multitask 4, distill 5, mean_teacher 4
+    assert len(configs) == 9 * len(list_tasks()) + 4 + 5 + 4
     for path in configs:
         config = json.loads(path.read_text())
         assert next(iter(config)) == "_generated_", path
@@ -124,6 +125,9 @@ def test_generated_configs_name_their_source_and_read_like_the_baseline(generate
         assert set(own) >= set(settings)
     distill = list(json.loads((generated / "distill" / "configs" / "train.json").read_text()))
     assert all(distill.index(k) < distill.index("network_def") for k in ("teachers_file", "temperature", "alpha"))
+    mean_teacher = list(json.loads((generated / "mean_teacher" / "configs" / "train.json").read_text()))
+    assert all(mean_teacher.index(k) < mean_teacher.index("network_def") for k in ("ema_decay", "rampup_epochs"))
+    assert [k for k in mean_teacher if k in baseline] == baseline
 
 
 def test_baseline_configs_are_in_the_generator_format() -> None:

@@ -174,6 +174,15 @@ def test_joint_resume_is_exact(tiny_siim: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_mean_teacher_resume_is_exact(tiny_siim: Path, tmp_path: Path) -> None:
+    """The checkpoint must carry the EMA teacher (weights and its own batch-norm statistics) and the noise
+    generator; the EMA momentum and the ramp-up follow the restored iteration count."""
+    reference, resumed = (copy_bundle("mean_teacher", tmp_path / name) for name in ("reference", "resumed"))
+    _train(reference, _overrides(tiny_siim, reference, 3))
+    _killed_resumed_as(reference, resumed, tiny_siim)
+
+
+@pytest.mark.slow
 def test_pretrain_resume_is_exact_in_either_phase(tiny_siim: Path, tmp_path: Path) -> None:
     """Killed in the pre-training phase, resumed and killed again in fine-tuning, resumed to the end."""
     reference, resumed = (copy_bundle("rotation_pretrain", tmp_path / name) for name in ("reference", "resumed"))

@@ -15,10 +15,13 @@ from scripts.select_teachers import main as select_teachers_cli
 
 
 def _variant(root: Path, name: str, dice: float | None, positive: float = 0.5, status: str = "complete") -> None:
+    """A trained variant whose validation ``dice_hmean`` (the default criterion) and ``dice`` are ``dice``."""
     models = root / name / "models"
     models.mkdir(parents=True)
     (models / "model.pt").write_bytes(name.encode())
-    validation = None if dice is None else {"dice": dice, "dice_positive": positive, "iou": dice / 2}
+    validation = (
+        None if dice is None else {"dice_hmean": dice, "dice": dice, "dice_positive": positive, "iou": dice / 2}
+    )
     (models / "metrics.json").write_text(json.dumps({"training": {"status": status}, "validation": validation}))
 
 
@@ -36,9 +39,9 @@ def test_picks_the_better_mode_per_task_and_handles_ties(tmp_path: Path, capsys)
     code = select_teachers_cli(["--bundles-dir", str(tmp_path), "--tasks", "rotation", "jigsaw", "genesis"])
     assert code == 0
     table = capsys.readouterr().out
-    assert "rotation         0.7000        0.7500  pretrain" in table
+    assert "validation dice_hmean" in table and "rotation         0.7000        0.7500  pretrain" in table
     teachers = {t["task"]: t for t in _read(tmp_path)["teachers"]}
-    assert teachers["rotation"]["mode"] == "pretrain" and teachers["rotation"]["val_dice_joint"] == 0.70
+    assert teachers["rotation"]["mode"] == "pretrain" and teachers["rotation"]["val_joint"] == 0.70
     assert teachers["jigsaw"]["mode"] == "pretrain" and "positive-only" in teachers["jigsaw"]["reason"]
     assert teachers["genesis"]["mode"] == "joint" and "joint preferred" in teachers["genesis"]["reason"]
     checkpoint = Path(teachers["rotation"]["checkpoint"])
@@ -65,7 +68,7 @@ def test_allow_missing_takes_what_is_there(tmp_path: Path, capsys) -> None:
     assert [t["task"] for t in selection["teachers"]] == ["rotation"]
     assert selection["teachers"][0]["reason"] == "only usable variant"
     assert selection["tasks_without_teacher"] == ["jigsaw"]
-    assert "warning: jigsaw_joint: failed: no validation dice" in capsys.readouterr().err
+    assert "warning: jigsaw_joint: failed: no validation dice_hmean" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("allow", [[], ["--allow-missing"]])
@@ -82,3 +85,42 @@ def test_default_tasks_are_the_registered_ones(tmp_path: Path, capsys) -> None:
     out = tmp_path / "sel.json"
     assert select_teachers(tmp_path, out=out, allow_missing=True) == 0
     assert [t["task"] for t in json.loads(out.read_text())["teachers"]] == list_tasks()
+
+
+def test_a_blank_variant_is_refused_whatever_its_score(tmp_path: Path, capsys) -> None:
+    """An empty predictor (positive-only Dice 0) scores well on competition Dice; it is never a teacher."""
+    _variant(tmp_path, "rotation_joint", 0.667, positive=0.0)  # blank: wins on competition dice alone
+    _variant(tmp_path, "rotation_pretrain", 0.55, positive=0.30)
+    _variant(tmp_path, "jigsaw_joint", 0.667, positive=0.004)
+    _variant(tmp_path, "jigsaw_pretrain", 0.667, positive=0.0)
+    code = select_teachers_cli(["--bundles-dir", str(tmp_path), "--tasks", "rotation", "jigsaw", "--metric", "dice"])
+    assert code == 0
+    out = capsys.readouterr().out
+    selection = _read(tmp_path)
+    assert [(t["task"], t["mode"]) for t in selection["teachers"]] == [("rotation", "pretrain")]
+    assert selection["teachers"][0]["reason"] == "the other variant is blank" and selection["metric"] == "dice"
+    assert selection["tasks_without_teacher"] == ["jigsaw"]
+    assert {r["bundle"] for r in selection["refused"]} == {"rotation_joint", "jigsaw_joint", "jigsaw_pretrain"}
+    assert "refused rotation_joint: blank: validation positive-only Dice 0.0000 < 0.01" in out
+
+
+def test_every_variant_blank_is_an_error(tmp_path: Path, capsys) -> None:
+    _variant(tmp_path, "rotation_joint", 0.667, positive=0.0)
+    _variant(tmp_path, "rotation_pretrain", 0.667, positive=0.0)
+    assert select_teachers(tmp_path, ["rotation"]) == 2
+    err = capsys.readouterr().err
+    assert "refused rotation_pretrain: blank" in err and "no task has a usable teacher" in err
+
+
+def test_the_metric_decides(tmp_path: Path) -> None:
+    """dice_hmean (default) and competition dice can disagree: the chosen one decides."""
+    for name, hmean, dice in (("rotation_joint", 0.40, 0.70), ("rotation_pretrain", 0.50, 0.60)):
+        models = tmp_path / name / "models"
+        models.mkdir(parents=True)
+        (models / "model.pt").write_bytes(name.encode())
+        validation = {"dice_hmean": hmean, "dice": dice, "dice_positive": 0.3}
+        (models / "metrics.json").write_text(json.dumps({"training": {"status": "complete"}, "validation": validation}))
+    assert select_teachers(tmp_path, ["rotation"]) == 0
+    assert _read(tmp_path)["teachers"][0]["mode"] == "pretrain"
+    assert select_teachers(tmp_path, ["rotation"], metric="dice") == 0
+    assert _read(tmp_path)["teachers"][0]["mode"] == "joint"

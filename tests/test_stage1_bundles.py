@@ -15,7 +15,7 @@ from common.ssl import list_tasks
 from common.training.networks import seg_head_prefix
 from pipeline.generate import variants
 from scripts.generate_bundles import main as generate
-from tests.conftest import REPO, copy_bundle, read_json, run_bundle, run_torchrun, tiny_train_overrides
+from tests.conftest import REPO, copy_bundle, read_json, run_bundle, run_torchrun, tiny_train_overrides, try_bundle
 
 NAMES = [v.name for v in variants()]
 
@@ -141,11 +141,8 @@ def test_interrupted_pretraining_resumes_from_its_epoch_checkpoint(tiny_siim: Pa
 
 def test_resume_without_any_checkpoint_is_a_clear_error(tiny_siim: Path, tmp_path: Path) -> None:
     bundle = copy_bundle("rotation_pretrain", tmp_path / "b")
-    cmd = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "train.json"),
-        *tiny_train_overrides(tiny_siim, bundle), "--resume", "true",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    configs = [bundle / "configs" / "train.json"]
+    proc = try_bundle(configs, *tiny_train_overrides(tiny_siim, bundle), "--resume", "true", cwd=tmp_path)
     assert proc.returncode != 0
     assert "has no checkpoint_epoch=*.pt or pretrain_checkpoint_epoch=*.pt" in proc.stderr
 

@@ -1,5 +1,5 @@
 """The data layer: image/mask/RLE readers, datalists and splits, caches, transforms, multi-domain data."""
 
-from common.data import aggregate, cache, datalist, demo, dicom, imaging, multidomain, rle, transforms
+from common.data import aggregate, cache, datalist, demo, dicom, imaging, multidomain, rle, sampling, transforms
 
-__all__ = ["aggregate", "cache", "datalist", "demo", "dicom", "imaging", "multidomain", "rle", "transforms"]
+__all__ = ["aggregate", "cache", "datalist", "demo", "dicom", "imaging", "multidomain", "rle", "sampling", "transforms"]

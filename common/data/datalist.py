@@ -414,41 +414,63 @@ def distillation_items(datalist: dict[str, list[dict[str, Any]]], use_unlabelled
     return labelled + (image_items(datalist["training_unlabelled"]) if use_unlabelled else [])
 
 
-def split_items(
-    items: Sequence[dict[str, Any]],
-    labelled_fraction: float,
-    seed: int,
-    fractions: Sequence[float] = DEFAULT_SPLIT,
-) -> dict[str, list[dict[str, Any]]]:
-    """Seeded train/validation/test split, then a seeded labelled subset of the training images.
+def _strata(items: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The items sorted by id and grouped by ``positive`` (absent: one group), groups in ``repr`` order."""
+    strata: dict[Any, list[dict[str, Any]]] = {}
+    for it in sorted(items, key=lambda it: it["id"]):
+        strata.setdefault(it.get("positive"), []).append(it)
+    return [strata[key] for key in sorted(strata, key=repr)]
 
-    Stratified by ``positive`` when items carry it. The split depends only on the item ids and
-    the seed (not on the file listing order or the labelled fraction), and labelled subsets are
-    nested: the images labelled at fraction 0.1 are among those labelled at 0.2.
-    """
+
+def _check_fraction(labelled_fraction: float) -> None:
     if not 0.0 < labelled_fraction <= 1.0:
         raise ValueError(f"labelled_fraction must be in (0, 1], got {labelled_fraction}")
-    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must be three numbers summing to 1, got {fractions}")
-    ordered = sorted(items, key=lambda it: it["id"])
-    strata: dict[Any, list[dict[str, Any]]] = {}
-    for it in ordered:
-        strata.setdefault(it.get("positive"), []).append(it)
-    split_rng = np.random.default_rng([seed, 0])
-    label_rng = np.random.default_rng([seed, 1])
-    train, val, test, labelled_ids = [], [], [], set()
-    for key in sorted(strata, key=repr):
-        group = strata[key]
-        order = split_rng.permutation(len(group))
-        n_val, n_test = _round_count(len(group), fractions[1]), _round_count(len(group), fractions[2])
-        val += [group[i] for i in order[:n_val]]
-        test += [group[i] for i in order[n_val : n_val + n_test]]
-        group_train = [group[i] for i in order[n_val + n_test :]]
-        train += group_train
-        ranked = [group_train[i] for i in label_rng.permutation(len(group_train))]
-        labelled_ids |= {it["id"] for it in ranked[: _round_count(len(ranked), labelled_fraction)]}
-    if train and not labelled_ids:
-        labelled_ids = {sorted(train, key=lambda it: it["id"])[0]["id"]}
+
+
+def _stratified_ranking(ranked: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One ranking of every stratum's (already ranked) items whose first N are stratified for every N.
+
+    Each next item comes from the stratum furthest below its proportional share of the N so far (largest
+    remainder, one image at a time, so N images are among N+1); when positives exist, one is among the
+    first two.
+    """
+    total = sum(len(group) for group in ranked)
+    taken = [0] * len(ranked)
+    order: list[dict[str, Any]] = []
+    for n in range(1, total + 1):  # deficits scaled by ``total``: integers, no rounding ties
+        k = max(range(len(ranked)), key=lambda i: (n * len(ranked[i]) - taken[i] * total, len(ranked[i]), -i))
+        order.append(ranked[k][taken[k]])
+        taken[k] += 1
+    first_positive = next((i for i, it in enumerate(order) if it.get("positive") is True), None)
+    if first_positive is not None and first_positive > 1:
+        order.insert(1, order.pop(first_positive))
+    return order
+
+
+def _labelled_ids(
+    ranked: Sequence[Sequence[dict[str, Any]]], labelled_fraction: float, labelled_count: int | None
+) -> set[str]:
+    """The labelled training images from each stratum's seeded ranking: ``labelled_fraction`` of every
+    stratum (at least one image), or exactly ``labelled_count`` images, stratified. Both nest."""
+    train = [it for group in ranked for it in group]
+    if labelled_count is not None:
+        if isinstance(labelled_count, bool) or not isinstance(labelled_count, int | np.integer):
+            raise ValueError(f"labelled_count must be a whole number, got {labelled_count!r}")
+        if not 1 <= labelled_count <= len(train):
+            raise ValueError(
+                f"labelled_count must be between 1 and {len(train)} (the training images), got {labelled_count}"
+            )
+        return {it["id"] for it in _stratified_ranking(ranked)[:labelled_count]}
+    ids = {it["id"] for group in ranked for it in group[: _round_count(len(group), labelled_fraction)]}
+    if train and not ids:
+        ids = {min(it["id"] for it in train)}
+    return ids
+
+
+def _splits(
+    train: list[dict[str, Any]], val: list[dict[str, Any]], test: list[dict[str, Any]], labelled_ids: set[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """The four datalist splits, each sorted by id (unlabelled items without their labels)."""
     by_id = sorted(train, key=lambda it: it["id"])
     return {
         "training_labelled": [it for it in by_id if it["id"] in labelled_ids],
@@ -456,6 +478,91 @@ def split_items(
         "validation": sorted(val, key=lambda it: it["id"]),
         "test": sorted(test, key=lambda it: it["id"]),
     }
+
+
+def split_items(
+    items: Sequence[dict[str, Any]],
+    labelled_fraction: float,
+    seed: int,
+    fractions: Sequence[float] = DEFAULT_SPLIT,
+    labelled_count: int | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """Seeded train/validation/test split, then a seeded labelled subset of the training images.
+
+    Stratified by ``positive`` when items carry it. The split depends only on the item ids and
+    the seed (not on the file listing order or the labelled fraction), and labelled subsets are
+    nested: the images labelled at fraction 0.1 are among those labelled at 0.2. ``labelled_count``
+    (instead of the fraction): exactly that many labelled images, stratified, nested likewise.
+    """
+    _check_fraction(labelled_fraction)
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be three numbers summing to 1, got {fractions}")
+    split_rng = np.random.default_rng([seed, 0])
+    label_rng = np.random.default_rng([seed, 1])
+    train, val, test, ranked = [], [], [], []
+    for group in _strata(items):
+        order = split_rng.permutation(len(group))
+        n_val, n_test = _round_count(len(group), fractions[1]), _round_count(len(group), fractions[2])
+        val += [group[i] for i in order[:n_val]]
+        test += [group[i] for i in order[n_val : n_val + n_test]]
+        group_train = [group[i] for i in order[n_val + n_test :]]
+        train += group_train
+        ranked.append([group_train[i] for i in label_rng.permutation(len(group_train))])
+    return _splits(train, val, test, _labelled_ids(ranked, labelled_fraction, labelled_count))
+
+
+def _check_folds(folds: int, fold: int, n_items: int) -> None:
+    if isinstance(folds, bool) or not isinstance(folds, int | np.integer) or folds < 2:
+        raise ValueError(f"folds must be a whole number of at least 2, got {folds!r}")
+    if folds > n_items:
+        raise ValueError(f"folds must be at most the number of images ({n_items}), got {folds}")
+    if isinstance(fold, bool) or not isinstance(fold, int | np.integer) or not 0 <= fold < folds:
+        raise ValueError(f"fold must be a whole number in 0..{folds - 1} (folds={folds}), got {fold!r}")
+
+
+def fold_assignment(items: Sequence[dict[str, Any]], folds: int, seed: int) -> list[list[tuple[dict[str, Any], int]]]:
+    """Per stratum (``positive``), its items in a seeded order with their fold: round-robin with one counter
+    across the strata, so fold sizes, and positives per fold, differ by at most one."""
+    rng = np.random.default_rng([seed, 2])
+    assigned, counter = [], 0
+    for group in _strata(items):
+        order = rng.permutation(len(group))
+        assigned.append([(group[i], (counter + j) % folds) for j, i in enumerate(order)])
+        counter += len(group)
+    return assigned
+
+
+def fold_items(
+    items: Sequence[dict[str, Any]],
+    folds: int,
+    fold: int,
+    seed: int,
+    labelled_fraction: float = 1.0,
+    labelled_count: int | None = None,
+    val_fraction: float = 0.2,
+) -> dict[str, list[dict[str, Any]]]:
+    """Stratified k-fold split: fold ``fold`` is the test set; of the rest, ``val_fraction`` of each stratum
+    validates and the remainder trains, with a labelled subset like :func:`split_items` (a fraction per
+    stratum, or exactly ``labelled_count`` images; nested either way). Over ``range(folds)`` every image is
+    tested exactly once for a given ``seed``; the splits depend only on the item ids, ``folds`` and ``seed``.
+    """
+    _check_folds(folds, fold, len(items))
+    _check_fraction(labelled_fraction)
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    val_rng = np.random.default_rng([seed, 3, fold])
+    label_rng = np.random.default_rng([seed, 1])
+    train, val, test, ranked = [], [], [], []
+    for group in fold_assignment(items, folds, seed):
+        test += [it for it, k in group if k == fold]
+        rest = [it for it, k in group if k != fold]
+        order = val_rng.permutation(len(rest))
+        n_val = _round_count(len(rest), val_fraction)
+        val += [rest[i] for i in order[:n_val]]
+        group_train = sorted((rest[i] for i in order[n_val:]), key=lambda it: it["id"])
+        train += group_train
+        ranked.append([group_train[i] for i in label_rng.permutation(len(group_train))])
+    return _splits(train, val, test, _labelled_ids(ranked, labelled_fraction, labelled_count))
 
 
 # ----------------------------------------------------------------------------- whole datalists
@@ -485,11 +592,16 @@ def build_datalist(
     skip_bad: bool = False,
     verify: bool = True,
     workers: int = 1,
+    folds: int | None = None,
+    fold: int = 0,
+    labelled_count: int | None = None,
 ) -> dict[str, Any]:
     """Verify (optionally) and split a scan into a datalist dict; raise on problems unless ``skip_bad``.
 
     Mask files are read either way (decoded with their images when verifying, alone otherwise) to
-    record ``positive``, so folder splits are stratified like SIIM ones.
+    record ``positive``, so folder splits are stratified like SIIM ones. The split is
+    :func:`split_items` (70/15/15), or with ``folds`` fold ``fold`` of :func:`fold_items`;
+    ``labelled_count`` labels exactly that many training images instead of ``labelled_fraction``.
     """
     if verify:
         verify_items(scan, workers=workers)
@@ -501,7 +613,10 @@ def build_datalist(
         logger.warning("skipped %s", p)
     if not scan.items:
         raise DataValidationError([Problem(str(scan.base_dir), "no usable image")])
-    splits = split_items(scan.items, labelled_fraction=labelled_fraction, seed=seed)
+    if folds is None:
+        splits = split_items(scan.items, labelled_fraction, seed, labelled_count=labelled_count)
+    else:
+        splits = fold_items(scan.items, folds, fold, seed, labelled_fraction, labelled_count)
     counts = {k: len(v) for k, v in splits.items()}
     for key in ("training_labelled", "validation", "test"):  # unlabelled items keep no label, hence no flag
         counts[f"positive_{key.removeprefix('training_')}"] = sum(bool(it.get("positive")) for it in splits[key])
@@ -512,6 +627,9 @@ def build_datalist(
         "dataset_dir": str(scan.base_dir.resolve()),
         "labelled_fraction": labelled_fraction,
         "split_seed": seed,
+        "folds": folds,
+        "fold": None if folds is None else fold,
+        "labelled_count": labelled_count,
         "verified": verify,
         "counts": counts,
         "skipped": [asdict(p) for p in scan.problems],

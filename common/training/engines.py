@@ -10,7 +10,8 @@
   in the batch, or computed online from the teachers) plus the segmentation loss on labelled images.
 
 Pretexts are generated on the batch, on the training device, with a seeded ``torch.Generator`` whose
-state the resumable checkpoints carry (``common.training.rng.RandomState``).
+state the resumable checkpoints carry (``common.training.rng.RandomState``): ``SeededObjective``, which
+``common.training.mean_teacher`` shares with ``AuxiliaryBatches`` (the second, cycled loader).
 """
 
 from __future__ import annotations
@@ -52,17 +53,13 @@ def bn_running_stats_frozen(module: torch.nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
-class AuxiliaryObjective:
-    """Weighted sum of the auxiliary tasks' losses on one image batch (pretexts made on its device)."""
+class SeededObjective:
+    """An engine's ``objective`` that draws from its own ``torch.Generator``: seeded once, created on the
+    device of its first use, its state carried by the resumable checkpoints (``common.training.rng.RandomState``
+    reads an engine's ``objective``)."""
 
-    def __init__(
-        self, model: MultiTaskUNet, weights: Mapping[str, float], seed: int = 0, freeze_bn_stats: bool = True
-    ) -> None:
-        model = getattr(model, "module", model)  # the MultiTaskUNet inside DistributedDataParallel
-        unknown = set(weights) - set(model.tasks)
-        if unknown:
-            raise KeyError(f"weights given for tasks without a head: {sorted(unknown)}")
-        self.model, self.weights, self.seed, self.freeze_bn_stats = model, dict(weights), seed, freeze_bn_stats
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
         self._generator: torch.Generator | None = None
         self._restored: Mapping[str, Any] | None = None  # a checkpoint's generator state, applied on first use
 
@@ -90,6 +87,20 @@ class AuxiliaryObjective:
         """Continue the pretext generator from ``state`` (it is created on the training device on first use)."""
         self._generator = None
         self._restored = None if state.get("state") is None else dict(state)
+
+
+class AuxiliaryObjective(SeededObjective):
+    """Weighted sum of the auxiliary tasks' losses on one image batch (pretexts made on its device)."""
+
+    def __init__(
+        self, model: MultiTaskUNet, weights: Mapping[str, float], seed: int = 0, freeze_bn_stats: bool = True
+    ) -> None:
+        model = getattr(model, "module", model)  # the MultiTaskUNet inside DistributedDataParallel
+        unknown = set(weights) - set(model.tasks)
+        if unknown:
+            raise KeyError(f"weights given for tasks without a head: {sorted(unknown)}")
+        self.model, self.weights, self.freeze_bn_stats = model, dict(weights), freeze_bn_stats
+        super().__init__(seed)
 
     @property
     def label_keys(self) -> tuple[str, ...]:
@@ -151,7 +162,29 @@ def cycle(loader: Iterable, first_pass: int = 0) -> Iterator:
         epoch += 1
 
 
-class MultiTaskTrainer(SupervisedTrainer):
+class AuxiliaryBatches:
+    """For a trainer that draws a second batch every iteration from its ``aux_data_loader``: the loader is
+    cycled, and every training epoch starts a fresh pass, so that where the stream stands at an epoch
+    boundary is all in the random state (``common.training.rng``) and a resumed run draws what the
+    uninterrupted run drew."""
+
+    state: Any  # the trainer's ignite state
+
+    def _init_aux_batches(self, aux_data_loader: Iterable) -> None:
+        self.aux_data_loader = aux_data_loader
+        self._aux_batches: Iterator | None = None
+        self._aux_epoch = 0  # the training epoch that _aux_batches was started in
+
+    def _next_aux_batch(self) -> Any:
+        if self._aux_batches is None or self._aux_epoch != self.state.epoch:
+            # pass numbers (a distributed sampler's shuffle) distinct across epochs: an epoch takes at
+            # most epoch_length passes
+            first_pass = (self.state.epoch - 1) * (self.state.epoch_length or 1)
+            self._aux_batches, self._aux_epoch = cycle(self.aux_data_loader, first_pass), self.state.epoch
+        return next(self._aux_batches)
+
+
+class MultiTaskTrainer(AuxiliaryBatches, SupervisedTrainer):
     """Joint mode: ``seg_weight * L_seg(seg batch) + sum lambda_i L_i(aux batch)`` every iteration.
 
     Args:
@@ -179,18 +212,11 @@ class MultiTaskTrainer(SupervisedTrainer):
     ) -> None:
         self.seg_loss, self.seg_weight = loss_function, seg_weight
         self.objective = AuxiliaryObjective(network, task_weights, pretext_seed)
-        self.aux_data_loader = aux_data_loader
-        self._aux_batches: Iterator | None = None
-        self._aux_epoch = 0  # the training epoch that _aux_batches was started in
+        self._init_aux_batches(aux_data_loader)
         super().__init__(network=network, loss_function=self._joint_loss, **kwargs)
 
     def _joint_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self._aux_batches is None or self._aux_epoch != self.state.epoch:
-            # pass numbers (a distributed sampler's shuffle) distinct across epochs: an epoch takes at
-            # most epoch_length passes
-            first_pass = (self.state.epoch - 1) * (self.state.epoch_length or 1)
-            self._aux_batches, self._aux_epoch = cycle(self.aux_data_loader, first_pass), self.state.epoch
-        batch = next(self._aux_batches)
+        batch = self._next_aux_batch()
         images = _images(batch, self.state.device, self.non_blocking)
         labels = _labels(batch, self.objective.label_keys, self.state.device)
         seg = self.seg_loss(pred, target).mean()
@@ -199,6 +225,21 @@ class MultiTaskTrainer(SupervisedTrainer):
         self.state.output["aux_loss"] = aux.detach()
         self.state.output.update({f"aux_loss/{n}": v.detach() for n, v in per_task.items()})
         return self.seg_weight * seg + aux
+
+
+def backward_and_step(engine: SupervisedTrainer, loss: torch.Tensor, use_amp: bool) -> None:
+    """The backward pass and the optimiser step as MONAI's ``SupervisedTrainer._iteration`` does them (the
+    engine's GradScaler under AMP), firing its BACKWARD_COMPLETED event; for the trainers that compute
+    their own loss."""
+    if use_amp:
+        engine.scaler.scale(loss).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.scaler.step(engine.optimizer)
+        engine.scaler.update()
+    else:
+        loss.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.optimizer.step()
 
 
 class PretextTrainer(SupervisedTrainer):
@@ -236,15 +277,7 @@ class PretextTrainer(SupervisedTrainer):
         engine.state.output["aux_loss"] = total.detach()
         engine.state.output.update({f"aux_loss/{n}": v.detach() for n, v in per_task.items()})
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if use_amp:
-            engine.scaler.scale(total).backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
-        else:
-            total.backward()
-            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.optimizer.step()
+        backward_and_step(engine, total, use_amp)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 

@@ -42,6 +42,9 @@ def update_metrics_file(path: str | Path, **sections: Any) -> dict[str, Any]:
 
 # what inference must reproduce from training: recorded in the ``model`` section when training starts
 MODEL_SETTINGS = ("image_size", "min_pred_area_fraction")
+#: positive-only Dice below which a model counts as blank: it finds no lesion, its Dice comes from the negatives
+#: (the report marks such rows; teacher selection refuses such variants)
+BLANK_POSITIVE_DICE = 0.01
 
 
 def trained_setting(checkpoint: str | Path, key: str, default: Any) -> Any:

@@ -149,10 +149,32 @@ def image_input(name: str, value: Any) -> None:
         raise SettingError(name, str(value), "holds no DICOM/PNG/JPEG/NIfTI image") from None
 
 
+def optional_rate(name: str, value: Any) -> float | None:
+    """None (off) or a share in [0, 1]."""
+    return None if value is None else real_number(name, value, 0, 1)
+
+
+def _checkpoint_metric(name: str, value: Any) -> str:
+    from common.training.metrics import CHECKPOINT_METRICS
+
+    return one_of(name, value, CHECKPOINT_METRICS)
+
+
+#: the segmentation losses of the configs' ``losses`` section (a test checks they agree)
+LOSS_NAMES = ("dicefocal", "combo", "weighted_bce")
+
+
 def _split(name: str, value: Any) -> str:
     from common.data.datalist import SPLIT_KEYS
 
     return one_of(name, value, SPLIT_KEYS)
+
+
+def _open_unit_interval(name: str, value: Any) -> float:
+    """A finite number strictly between 0 and 1 (an EMA decay: 0 or 1 would not average)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:  # NaN fails too
+        raise SettingError(name, value, "must be a number in (0, 1)")
+    return float(value)
 
 
 #: option -> its check (name, value); ``dataset_dir`` with ``datalist_file`` is checked by ``data_source``
@@ -162,6 +184,10 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "seed": lambda n, v: whole_number(n, v, 0),
     "image_size": lambda n, v: whole_number(n, v, SIZE_MULTIPLE, multiple_of=SIZE_MULTIPLE),
     "min_pred_area_fraction": lambda n, v: real_number(n, v, 0, 1),
+    "checkpoint_metric": _checkpoint_metric,
+    "loss_name": lambda n, v: one_of(n, v, LOSS_NAMES),
+    "pos_sample_rate": optional_rate,
+    "pos_sample_rate_final": optional_rate,
     "batch_size": lambda n, v: whole_number(n, v, 1),
     "num_workers": lambda n, v: whole_number(n, v, 0),
     "learning_rate": lambda n, v: real_number(n, v, 0, low_open=True),
@@ -176,6 +202,13 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "dicom_seg": flag,
     "strict": flag,
     "ckpt_file": lambda n, v: load_checkpoint(v),  # its own message: "<path>: unreadable or corrupt checkpoint"
+    # mean_teacher
+    "consistency_weight": lambda n, v: real_number(n, v, 0),
+    "rampup_epochs": lambda n, v: real_number(n, v, 0),
+    "ema_decay": _open_unit_interval,
+    "consistency_noise": lambda n, v: real_number(n, v, 0),
+    "evaluate_ema": lambda n, v: flag(n, v, false_strings=False),  # read by truth: `$@teacher if @evaluate_ema ...`
+    "unlabelled_batch_size": lambda n, v: whole_number(n, v, 1),
 }
 
 

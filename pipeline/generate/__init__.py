@@ -1,14 +1,14 @@
-"""The bundle generator: the stage-1 and distillation bundles from the hand-written baseline.
+"""The bundle generator: the stage-1, distillation and Mean Teacher bundles from the hand-written baseline.
 
 ``bundles/baseline/configs/*.json`` is the template; every generated bundle is the baseline plus a
-patch (``configs``, ``pretrain``, ``distill``), for each registered auxiliary task
+patch (``configs``, ``pretrain``, ``distill``, ``mean_teacher``), for each registered auxiliary task
 (``common.ssl.list_tasks``). README prose lives in ``templates/*.md``; every JSON config, the
 baseline's included, is written in one format (``formatting``). ``scripts/generate_bundles.py`` is
 the command line; ``render_all`` is the whole job.
 """
 
 from pipeline.generate.formatting import format_json
-from pipeline.generate.render import bundle_files, render, render_all, render_distill
+from pipeline.generate.render import bundle_files, render, render_all, render_distill, render_mean_teacher
 from pipeline.generate.variants import Variant, default_weight, variants
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "render",
     "render_all",
     "render_distill",
+    "render_mean_teacher",
     "variants",
 ]

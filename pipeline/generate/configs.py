@@ -19,6 +19,10 @@ from pipeline.generate.variants import Variant
 SETTINGS_BEFORE = "datalist"
 HSSL = "hssl"
 MULTI_GPU_SUMMARY = "DistributedDataParallel around what each trainer drives, auxiliary batches sharded over the ranks"
+# what the auxiliary (unlabelled) loaders read: every training image, labels stripped
+ALL_TRAINING_IMAGES = (
+    "$common.data.datalist.image_items(@datalist['training_labelled'] + @datalist['training_unlabelled'])"
+)
 
 
 def generated(cfg: dict[str, Any], source: str, variant: str, what: str) -> dict[str, Any]:
@@ -80,12 +84,11 @@ def aux_blocks(cfg: dict[str, Any], variant: Variant) -> None:
         },
     )
     dataset = copy.deepcopy(cfg["train"]["dataset"])
-    dataset["data"] = (
-        "$common.data.datalist.image_items(@datalist['training_labelled'] + @datalist['training_unlabelled'])"
-    )
+    dataset["data"] = ALL_TRAINING_IMAGES
     dataset["transform"] = {"_target_": "Compose", "transforms": "@load_transforms"}
     loader = copy.deepcopy(cfg["train"]["dataloader"])
-    loader.update(dataset="@aux#dataset", batch_size="@aux_batch_size", drop_last=True)
+    loader.pop("sampler")  # the labelled images' positive-aware sampler: not for the unlabelled loader
+    loader.update(dataset="@aux#dataset", batch_size="@aux_batch_size", shuffle=True, drop_last=True)
     put(cfg, {"aux": {"dataset": dataset, "dataloader": loader}}, after="load_transforms")
     if HSSL in variant.tasks:
         hssl_aux_data(cfg)
@@ -149,19 +152,36 @@ def joint_train(variant: Variant) -> dict[str, Any]:
     cfg["optimizer"]["params"] = "$@multitask_network.parameters()"
     # the resumable checkpoints carry the task heads too (trained alongside; "model" stays the plain U-Net)
     train = cfg["train"]
-    for handler, objects in (("checkpoint_saver", "save_dict"), ("checkpoint_loader", "load_dict")):
-        put(train[handler][objects], {"heads": "$@multitask_network.heads"}, after="model")
+    checkpoint_also(train, {"heads": "$@multitask_network.heads"})
     additional = {"seg_loss": average("seg_loss"), "aux_loss": average("aux_loss")}
     put(cfg["train"], {"additional_metrics": additional}, after="key_metric")
-    cfg["train"]["trainer"].update(
-        _target_="common.training.engines.MultiTaskTrainer",
+    aux_trainer(
+        cfg["train"],
+        "common.training.engines.MultiTaskTrainer",
         network="@multitask_network",
-        aux_data_loader="@aux#dataloader",
         task_weights="@aux_weights",
         pretext_seed="@seed",
-        additional_metrics="@train#additional_metrics",
     )
     return generated(cfg, "train.json", variant.name, variant.summary)
+
+
+def ddp(module: str, **options: Any) -> dict[str, Any]:
+    """DistributedDataParallel around the config id ``module`` (on this rank's device)."""
+    return {
+        "_target_": "torch.nn.parallel.DistributedDataParallel",
+        "module": module,
+        "device_ids": "$[@device] if torch.cuda.is_available() else None",
+        **options,
+    }
+
+
+def shard_aux(cfg: dict[str, Any], sampler: Any = None) -> None:
+    """A multi-GPU mixin's ``aux`` loader sharded over the ranks (``sampler``: by default a shuffling
+    DistributedSampler over ``aux#dataset``)."""
+    if sampler is None:
+        sampler = {"_target_": "DistributedSampler", "dataset": "@aux#dataset", "even_divisible": True, "shuffle": True}
+    aux = {"aux#sampler": sampler, "aux#dataloader#sampler": "@aux#sampler", "aux#dataloader#shuffle": False}
+    put(cfg, aux, before="initialize")
 
 
 def multi_gpu(variant: Variant, patch_run: Callable[[list[str]], list[str]] | None = None) -> dict[str, Any]:
@@ -171,15 +191,6 @@ def multi_gpu(variant: Variant, patch_run: Callable[[list[str]], list[str]] | No
     Evaluation and the savers keep using the plain U-Net (``network``), which DDP keeps in sync.
     """
     cfg = load_baseline("multi_gpu_train.json")
-
-    def ddp(module: str, **options: Any) -> dict[str, Any]:
-        return {
-            "_target_": "torch.nn.parallel.DistributedDataParallel",
-            "module": module,
-            "device_ids": "$[@device] if torch.cuda.is_available() else None",
-            **options,
-        }
-
     if variant.mode == "joint":
         # one step calls the module twice (segmentation, then each task) before one backward: a static
         # graph lets DDP count every parameter's uses (checked: ranks stay identical on different data)
@@ -191,38 +202,58 @@ def multi_gpu(variant: Variant, patch_run: Callable[[list[str]], list[str]] | No
         }
     put(cfg, networks, after="network")
     cfg.pop("network")
-    sampler: Any = {
-        "_target_": "DistributedSampler",
-        "dataset": "@aux#dataset",
-        "even_divisible": True,
-        "shuffle": True,
-    }
+    sampler = None
     if HSSL in variant.tasks:  # domain-balanced draws, sharded over the ranks
         sampler = (
             "$monai.data.DistributedWeightedRandomSampler(@aux#dataset, "
             "common.data.multidomain.domain_balanced_weights(@aggregate['items']), even_divisible=True) "
             "if @balanced_domains else monai.data.DistributedSampler(@aux#dataset, even_divisible=True, shuffle=True)"
         )
-    aux = {"aux#sampler": sampler, "aux#dataloader#sampler": "@aux#sampler", "aux#dataloader#shuffle": False}
-    put(cfg, aux, before="initialize")
+    shard_aux(cfg, sampler)
     if patch_run is not None:
         cfg["run"] = patch_run(cfg["run"])
     return generated(cfg, "multi_gpu_train.json", variant.name, MULTI_GPU_SUMMARY)
 
 
+def aux_trainer(train: dict[str, Any], target: str, **options: Any) -> None:
+    """Make the baseline's trainer ``target``, an engine drawing a second batch from ``@aux#dataloader`` and
+    reporting the ``additional_metrics`` of ``train``, with its own ``options``."""
+    train["trainer"].update(
+        _target_=target,
+        aux_data_loader="@aux#dataloader",
+        additional_metrics="@train#additional_metrics",
+        **options,
+    )
+
+
+def checkpoint_also(train: dict[str, Any], objects: dict[str, str]) -> None:
+    """Carry ``objects`` in the resumable epoch checkpoints (the train saver's ``save_dict`` and the loader's
+    ``load_dict``), right after the model."""
+    for handler, key in (("checkpoint_saver", "save_dict"), ("checkpoint_loader", "load_dict")):
+        put(train[handler][key], objects, after="model")
+
+
+def derived_metadata(name: str, title: str, description: str, changelog: str) -> dict[str, Any]:
+    """The baseline's metadata for a bundle generated from it: its title, description and first changelog entry."""
+    meta = load_baseline("metadata.json")
+    meta["name"], meta["description"] = title, description
+    meta["changelog"] = {meta["version"]: f"initial release: {changelog}, generated from the baseline bundle"}
+    return meta
+
+
 def metadata(variant: Variant) -> dict[str, Any]:
     """Baseline metadata with the variant's name, description and changelog (no note: schema-checked)."""
-    meta = load_baseline("metadata.json")
     tasks = ", ".join(variant.tasks)
     mode = (
         "trained jointly (segmentation loss + weighted auxiliary loss every iteration)"
         if variant.mode == "joint"
         else "pre-trained on the auxiliary task alone, then fine-tuned with the baseline recipe"
     )
-    meta["name"] = f"Pneumothorax segmentation, stage-1 {variant.name} (2D U-Net + {tasks})"
-    meta["description"] = (
+    return derived_metadata(
+        variant.name,
+        f"Pneumothorax segmentation, stage-1 {variant.name} (2D U-Net + {tasks})",
         f"2D U-Net for pneumothorax segmentation {mode}; auxiliary task(s): {tasks}. "
-        "A teacher candidate of the two-stage multi-task self-supervised method. The exported model is the plain U-Net."
+        "A teacher candidate of the two-stage multi-task self-supervised method. "
+        "The exported model is the plain U-Net.",
+        variant.name,
     )
-    meta["changelog"] = {meta["version"]: f"initial release: {variant.name}, generated from the baseline bundle"}
-    return meta

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from pipeline.generate.configs import average, generated, put, settings
+from pipeline.generate.configs import average, derived_metadata, generated, put, settings
 from pipeline.generate.sources import load_baseline
 
 DISTILL = "distill"
@@ -125,14 +125,11 @@ def evaluate_ensemble() -> dict[str, Any]:
 
 def distill_metadata() -> dict[str, Any]:
     """Baseline metadata for the distilled student."""
-    meta = load_baseline("metadata.json")
-    meta["name"] = "Pneumothorax segmentation, stage-2 distilled student (2D U-Net)"
-    meta["description"] = (
+    return derived_metadata(
+        DISTILL,
+        "Pneumothorax segmentation, stage-2 distilled student (2D U-Net)",
         "2D U-Net student distilled from the ensemble of the selected stage-1 teachers (mean of their sigmoid "
         "probabilities) plus the segmentation loss on the labelled images: the final model of the two-stage "
-        "multi-task self-supervised method. The exported model is the plain U-Net."
+        "multi-task self-supervised method. The exported model is the plain U-Net.",
+        "ensemble knowledge distillation",
     )
-    meta["changelog"] = {
-        meta["version"]: "initial release: ensemble knowledge distillation, generated from the baseline"
-    }
-    return meta

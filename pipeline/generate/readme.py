@@ -12,6 +12,8 @@ from typing import Any
 from common.ssl import TASKS
 from pipeline.generate.configs import HSSL
 from pipeline.generate.distill import DISTILL, SUMMARY
+from pipeline.generate.mean_teacher import MEAN_TEACHER, PAPER, SETTINGS
+from pipeline.generate.mean_teacher import SUMMARY as MEAN_TEACHER_SUMMARY
 from pipeline.generate.sources import GENERATOR, load_published, load_sweep
 from pipeline.generate.variants import Variant
 
@@ -148,3 +150,20 @@ def readme(variant: Variant) -> str:
 def distill_readme() -> str:
     """docs/README.md of the distillation bundle."""
     return template("distill", note=note(DISTILL, SUMMARY), results=results_section(DISTILL)) + "\n"
+
+
+def mean_teacher_readme() -> str:
+    """docs/README.md of the Mean Teacher bundle: the method, its settings with their defaults, commands."""
+
+    def shown(default: Any) -> str:  # as the command line takes it: True, 0.99, an expression as written
+        return default if isinstance(default, str) else repr(default)
+
+    rows = [f"| `{name}` | `{shown(default)}` | {what} |" for name, (default, what) in SETTINGS.items()]
+    text = template(
+        "mean_teacher",
+        note=note(MEAN_TEACHER, MEAN_TEACHER_SUMMARY),
+        paper=PAPER,
+        settings="\n".join(rows),
+        results=results_section(MEAN_TEACHER),
+    )
+    return text + "\n"

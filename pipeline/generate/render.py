@@ -8,8 +8,15 @@ from pathlib import Path
 from pipeline.generate.configs import copied, joint_train, metadata, multi_gpu
 from pipeline.generate.distill import DISTILL, distill_metadata, distill_multi_gpu, distill_train, evaluate_ensemble
 from pipeline.generate.formatting import format_json
+from pipeline.generate.mean_teacher import (
+    MEAN_TEACHER,
+    mean_teacher_evaluate,
+    mean_teacher_metadata,
+    mean_teacher_multi_gpu,
+    mean_teacher_train,
+)
 from pipeline.generate.pretrain import pretrain_only, pretrain_train, with_pretraining
-from pipeline.generate.readme import distill_readme, readme
+from pipeline.generate.readme import distill_readme, mean_teacher_readme, readme
 from pipeline.generate.sources import BASELINE, GENERATOR, baseline_text, load_baseline
 from pipeline.generate.variants import Variant, variants
 
@@ -57,10 +64,23 @@ def render_distill() -> dict[str, str]:
     return {**files, **_copied_files()}
 
 
+def render_mean_teacher() -> dict[str, str]:
+    """Every file of the Mean Teacher bundle (its evaluate.json is its own: see ``mean_teacher_evaluate``)."""
+    return {
+        **_copied_files(),
+        "configs/train.json": format_json(mean_teacher_train()),
+        "configs/evaluate.json": format_json(mean_teacher_evaluate()),
+        "configs/multi_gpu_train.json": format_json(mean_teacher_multi_gpu()),
+        "configs/metadata.json": format_json(mean_teacher_metadata()),
+        "docs/README.md": mean_teacher_readme(),
+    }
+
+
 def bundle_files() -> dict[str, dict[str, str]]:
     """Every generated bundle: name -> {path in the bundle: text}."""
     bundles = {v.name: render(v) for v in variants()}
     bundles[DISTILL] = render_distill()
+    bundles[MEAN_TEACHER] = render_mean_teacher()
     return bundles
 
 

@@ -1,0 +1,139 @@
+"""Positive-aware sampling of the training images: a set share of lesion images per epoch, optionally
+scheduled (the SIIM-ACR winner drew 80 % positives at first and 40 % at the end).
+
+:class:`PositiveRateSampler` is MONAI's ``DistributedWeightedRandomSampler`` (so it shards under
+``torchrun``) with weights that follow the schedule and a generator seeded by (seed, epoch, rank): MONAI's
+engines call ``set_epoch`` at every epoch start, so the draws of epoch ``e`` depend on nothing else and a
+resumed run draws exactly what the uninterrupted one did. Items without a label (the student's unlabelled
+images) keep their natural share of the draws; the rate splits the labelled share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from monai.data import DistributedSampler, DistributedWeightedRandomSampler
+from torch.utils.data import Dataset
+
+
+def item_positive(item: dict[str, Any]) -> bool | None:
+    """Whether a datalist item's mask has any foreground; None for an unlabelled item.
+
+    Read from ``positive`` (what the datalist records), else from its RLE list (SIIM items: negatives have
+    none), else from its mask file (items MONAI Label hands over)."""
+    if "positive" in item:
+        return bool(item["positive"])
+    if "rle" in item:
+        return bool(item["rle"])
+    if "label" in item:
+        from common.data.datalist import mask_is_positive
+
+        return mask_is_positive(Path(item["label"]))
+    return None
+
+
+def scheduled_rate(rate: float, final_rate: float | None, epoch: int, epochs: int) -> float:
+    """The share of positives at ``epoch`` (1-based): ``rate`` at the first epoch, linearly to ``final_rate``
+    at the last (constant without one)."""
+    if final_rate is None or epochs <= 1:
+        return rate
+    progress = min(max(epoch - 1, 0), epochs - 1) / (epochs - 1)
+    return rate + (final_rate - rate) * progress
+
+
+def class_weights(positive: Sequence[bool | None], rate: float) -> list[float]:
+    """Per-item draw weights: positives share ``rate`` of the labelled items' draws, negatives the rest,
+    unlabelled items (None) their natural share. A class with no item gives its share to the other."""
+    n = len(positive)
+    n_pos = sum(1 for p in positive if p is True)
+    n_neg = sum(1 for p in positive if p is False)
+    labelled_share = (n_pos + n_neg) / n if n else 0.0
+    if n_pos == 0 or n_neg == 0:
+        rate = 1.0 if n_pos else 0.0
+    weight = {
+        True: labelled_share * rate / n_pos if n_pos else 0.0,
+        False: labelled_share * (1 - rate) / n_neg if n_neg else 0.0,
+        None: 1.0 / n,
+    }
+    return [weight[p] for p in positive]
+
+
+class PositiveRateSampler(DistributedWeightedRandomSampler):
+    """Draw (with replacement) ``len(dataset) / ranks`` items per epoch and rank, positives at a scheduled rate.
+
+    Args:
+        dataset: the training dataset; ``positive`` gives its items' flags (:func:`item_positive`).
+        positive: per item True/False/None (unlabelled).
+        rate: share of positives among the labelled draws at the first epoch, in [0, 1].
+        final_rate: the share at the last epoch (linear in between); None keeps ``rate``.
+        epochs: the training's epochs (the schedule's length).
+        seed: the draws' seed (with the epoch and the rank).
+        num_replicas, rank: as ``DistributedSampler``; default: the process group's, else 1 and 0.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        positive: Sequence[bool | None],
+        rate: float,
+        final_rate: float | None = None,
+        epochs: int = 1,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if len(positive) != len(dataset):  # type: ignore[arg-type]
+            raise ValueError(f"positive has {len(positive)} flags for a dataset of {len(dataset)} items")  # type: ignore[arg-type]
+        for name, value in (("pos_sample_rate", rate), ("pos_sample_rate_final", final_rate)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(
+            dataset,
+            weights=class_weights(positive, rate),
+            generator=torch.Generator(),
+            even_divisible=True,
+            num_replicas=num_replicas if num_replicas is not None else (None if distributed else 1),
+            rank=rank if rank is not None else (None if distributed else 0),
+            shuffle=True,
+            seed=seed,
+        )
+        self.positive, self.rate, self.final_rate, self.epochs = list(positive), rate, final_rate, epochs
+        self.set_epoch(1)
+
+    def rate_at(self, epoch: int) -> float:
+        """The share of positives drawn at ``epoch``."""
+        return scheduled_rate(self.rate, self.final_rate, epoch, self.epochs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch's weights and generator seed (MONAI's engines call this at every epoch start)."""
+        super().set_epoch(epoch)
+        self.weights = class_weights(self.positive, self.rate_at(epoch))
+        state = np.random.SeedSequence([self.seed, epoch, self.rank]).generate_state(2, dtype=np.uint32)
+        self.generator.manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def labelled_sampler(
+    dataset: Dataset,
+    rate: float | None,
+    final_rate: float | None = None,
+    epochs: int = 1,
+    seed: int = 0,
+    distributed: bool = False,
+) -> DistributedSampler | None:
+    """The training loader's sampler: a :class:`PositiveRateSampler` when ``rate`` is set; else, under
+    ``torchrun`` (``distributed``), MONAI's shuffling ``DistributedSampler``; else None (the loader shuffles)."""
+    if rate is not None:
+        data = getattr(dataset, "data", None)
+        if data is None:
+            raise TypeError("pos_sample_rate needs a dataset with its datalist items in .data (a MONAI Dataset)")
+        positive = [item_positive(item) for item in data]
+        return PositiveRateSampler(dataset, positive, rate, final_rate, epochs, seed)
+    if distributed:
+        return DistributedSampler(dataset, even_divisible=True, shuffle=True)
+    return None
