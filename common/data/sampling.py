@@ -37,6 +37,18 @@ def item_positive(item: dict[str, Any]) -> bool | None:
     return None
 
 
+#: what switches a rate off: ``null`` in JSON, or one of these strings (a ``None`` given on MONAI's bundle command
+#: line is dropped as "not given", so the command line needs a word)
+OFF = ("off", "none", "null")
+
+
+def rate_setting(value: float | str | None) -> float | None:
+    """A ``pos_sample_rate``-style setting as a number, or None when it is off (``null``/``"off"``)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in OFF):
+        return None
+    return float(value)
+
+
 def scheduled_rate(rate: float, final_rate: float | None, epoch: int, epochs: int) -> float:
     """The share of positives at ``epoch`` (1-based): ``rate`` at the first epoch, linearly to ``final_rate``
     at the last (constant without one)."""
@@ -120,14 +132,16 @@ class PositiveRateSampler(DistributedWeightedRandomSampler):
 
 def labelled_sampler(
     dataset: Dataset,
-    rate: float | None,
-    final_rate: float | None = None,
+    rate: float | str | None,
+    final_rate: float | str | None = None,
     epochs: int = 1,
     seed: int = 0,
     distributed: bool = False,
 ) -> DistributedSampler | None:
-    """The training loader's sampler: a :class:`PositiveRateSampler` when ``rate`` is set; else, under
-    ``torchrun`` (``distributed``), MONAI's shuffling ``DistributedSampler``; else None (the loader shuffles)."""
+    """The training loader's sampler: a :class:`PositiveRateSampler` when ``rate`` is set (not off: ``OFF``);
+    else, under ``torchrun`` (``distributed``), MONAI's shuffling ``DistributedSampler``; else None (the loader
+    shuffles)."""
+    rate, final_rate = rate_setting(rate), rate_setting(final_rate)
     if rate is not None:
         data = getattr(dataset, "data", None)
         if data is None:

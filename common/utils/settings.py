@@ -150,8 +150,14 @@ def image_input(name: str, value: Any) -> None:
 
 
 def optional_rate(name: str, value: Any) -> float | None:
-    """None (off) or a share in [0, 1]."""
-    return None if value is None else real_number(name, value, 0, 1)
+    """Off (``null``, or "off"/"none"/"null": ``common.data.sampling.OFF``) or a share in [0, 1]."""
+    from common.data.sampling import OFF, rate_setting
+
+    try:
+        rate = rate_setting(value)
+    except (TypeError, ValueError):
+        raise SettingError(name, value, f"must be a number in [0, 1] or one of {', '.join(OFF)}") from None
+    return None if rate is None else real_number(name, rate, 0, 1)
 
 
 def _checkpoint_metric(name: str, value: Any) -> str:
