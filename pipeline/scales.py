@@ -35,7 +35,8 @@ PER_BUNDLE: dict[str, dict[str, dict[str, Any]]] = {
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``["epochs=60", "aux_weights={...}"]`` -> overrides; values are JSON where they parse, else strings.
 
-    Raises ``SystemExit`` (the message only) on an item without ``=``.
+    Raises ``SystemExit`` (the message only) on an item without ``=`` and on a null value (MONAI's bundle
+    command line would drop it and keep the default).
     """
     out = {}
     for item in items:
@@ -46,6 +47,11 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
             out[key] = raw
+        if out[key] is None:  # monai.bundle's command line drops a None value as "not given"
+            raise SystemExit(
+                f"{item}: a bundle run ignores null (the default would silently stay); "
+                "give the setting's own word for off, e.g. pos_sample_rate=off"
+            )
     return out
 
 

@@ -138,6 +138,8 @@ def test_published_paths_are_repository_relative_or_as_given(tmp_path: Path) -> 
     assert parse_overrides(["epochs=3", "name=abc", 'w={"a": 1}']) == {"epochs": 3, "name": "abc", "w": {"a": 1}}
     with pytest.raises(SystemExit, match="key=value"):
         parse_overrides(["epochs"])
+    with pytest.raises(SystemExit, match="pos_sample_rate=null: a bundle run ignores null"):
+        parse_overrides(["pos_sample_rate=null"])
 
 
 def _tracked(*patterns: str) -> list[Path]:
