@@ -1,8 +1,10 @@
 """The pipeline's report: ``results.json``, ``report.md`` and its figures, from the run's metrics.json files.
 
 Rows: the baseline, every stage-1 variant, each task's teacher (the chosen mode, per seed),
-``multitask_joint``, the plain teacher ensemble and the distilled student. Numbers are test-split
-metrics (competition Dice, Dice over positive images, IoU), mean and standard deviation over seeds.
+``multitask_joint``, the semi-supervised competitor ``mean_teacher``, the plain teacher ensemble and the
+distilled student. Numbers are test-split metrics (competition Dice, Dice over positive images, IoU), mean
+and standard deviation over the runs (seeds, or seeds x folds: each run has a key, ``0`` or ``0/fold2``),
+plus the same on each external test set (``external_<NAME>`` in metrics.json).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from common.utils.metrics import BLANK_POSITIVE_DICE, RunMetrics
 from pipeline.paths import BUNDLES
 
 METRICS = ("dice", "dice_positive", "iou", "dice_hmean")
+EXTERNAL_METRICS = ("dice", "dice_positive")  # the columns of each external test set
 # BLANK_POSITIVE_DICE: a model whose positive-only test Dice is below it finds (almost) no lesion: "blank". Its
 # competition Dice then comes from the negative images alone, so the table says so next to its name.
 BASELINE_TRAIN = BUNDLES / "baseline" / "configs" / "train.json"
@@ -29,21 +32,33 @@ def _metrics_of(model_dir: str | Path) -> RunMetrics:
     return RunMetrics.read(Path(model_dir) / "models" / "metrics.json")
 
 
-def collect(seeds: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
-    """Per row, per seed: validation and test metrics, learning curve, source folder."""
-    rows: dict[str, dict[int, dict[str, Any]]] = {}
+def run_key(run: dict[str, Any]) -> str:
+    """A run's key in the report: ``0`` (seed 0) or ``0/fold2``."""
+    return str(run.get("key", run["seed"]))
 
-    def put(row: str, seed: int, val: dict | None, test: dict | None, history: list | None, src: str) -> None:
-        rows.setdefault(row, {})[seed] = {"val": val or {}, "test": test or {}, "history": history or [], "dir": src}
+
+def _external(m: RunMetrics, names: Sequence[str], ensemble: bool = False) -> dict[str, dict[str, Any]]:
+    return {name: m.evaluation(f"external_{name}", ensemble) for name in names}
+
+
+def collect(seeds: Sequence[dict[str, Any]], external: Sequence[str] = ()) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per row, per run key: validation, test and external-test metrics, learning curve, source folder."""
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def put(row: str, key: str, val: dict | None, test: dict | None, history: list | None, src: str, ext: dict) -> None:
+        rows.setdefault(row, {})[key] = {
+            "val": val or {}, "test": test or {}, "history": history or [], "dir": src, "external": ext,
+        }  # fmt: skip
 
     for run in seeds:
-        seed = run["seed"]
+        seed = run_key(run)
         for name, folder in run["models"].items():
             m = _metrics_of(folder)
             row = "student (distill)" if name == "distill" else name
-            put(row, seed, m.validation, m.evaluation("test"), m.history, folder)
+            put(row, seed, m.validation, m.evaluation("test"), m.history, folder, _external(m, external))
             if name == "distill":
-                put("teacher ensemble", seed, None, m.evaluation("test", ensemble=True), None, folder)
+                ext = _external(m, external, ensemble=True)
+                put("teacher ensemble", seed, None, m.evaluation("test", ensemble=True), None, folder, ext)
         for teacher in run["teachers"]:
             source = rows.get(teacher["bundle"], {}).get(seed)
             if source:
@@ -51,7 +66,7 @@ def collect(seeds: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, An
     order = ["baseline"]
     order += sorted(r for r in rows if r.endswith(("_joint", "_pretrain")) and r != "multitask_joint")
     order += sorted(r for r in rows if r.startswith("teacher ") and r != "teacher ensemble")
-    order += ["multitask_joint", "teacher ensemble", "student (distill)"]
+    order += ["multitask_joint", "mean_teacher", "teacher ensemble", "student (distill)"]
     return {r: rows[r] for r in order if r in rows}
 
 
@@ -64,12 +79,15 @@ def stats(values: list[float | None]) -> dict[str, Any]:
     return {"mean": round(statistics.fmean(values), 4), "std": round(std, 4), "n": len(values)}
 
 
-def summarise(rows: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Mean/std over seeds of every test and validation metric, per row."""
+def summarise(rows: dict[str, dict[str, dict[str, Any]]], external: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Mean/std over the runs of every test, validation and external-test metric, per row."""
     out = {}
     for row, per_seed in rows.items():
         entry = {f"test_{k}": stats([s["test"].get(k) for s in per_seed.values()]) for k in METRICS}
         entry.update({f"val_{k}": stats([s["val"].get(k) for s in per_seed.values()]) for k in METRICS})
+        for name in external:
+            runs = [s.get("external", {}).get(name, {}) for s in per_seed.values()]
+            entry.update({f"external_{name}_{k}": stats([r.get(k) for r in runs]) for k in EXTERNAL_METRICS})
         modes = [s.get("mode") for s in per_seed.values() if s.get("mode")]
         if modes:
             entry["chosen_modes"] = modes
@@ -85,21 +103,24 @@ def _fmt(stat: dict[str, Any]) -> str:
     return f"{stat['mean']:.3f}" if stat["n"] < 2 else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
 
-def results_table(summary: dict[str, dict[str, Any]]) -> str:
-    """The markdown results table (test metrics; validation Dice and the checkpoint metric ``dice_hmean``)."""
+def results_table(summary: dict[str, dict[str, Any]], external: Sequence[str] = ()) -> str:
+    """The markdown results table (test metrics; validation Dice and the checkpoint metric ``dice_hmean``;
+    then Dice and positive-only Dice on each external test set)."""
+    extra = "".join(f" {name} dice | {name} dice (positive) |" for name in external)
     lines = [
-        "| model | test dice | test dice (positive) | test IoU | val dice | val dice_hmean |",
-        "|---|---|---|---|---|---|",
+        "| model | test dice | test dice (positive) | test IoU | val dice | val dice_hmean |" + extra,
+        "|---|---|---|---|---|---|" + "---|" * (2 * len(external)),
     ]
     for row, s in summary.items():
         name = row
         if s.get("chosen_modes"):
             name += f" ({', '.join(sorted(set(s['chosen_modes'])))})"
         if s.get("blank_seeds"):
-            name += f" **blank** ({len(s['blank_seeds'])}/{s['test_dice_positive']['n']} seeds)"
+            name += f" **blank** ({len(s['blank_seeds'])}/{s['test_dice_positive']['n']} runs)"
         lines.append(
             f"| {name} | {_fmt(s['test_dice'])} | {_fmt(s['test_dice_positive'])} | {_fmt(s['test_iou'])} | "
             f"{_fmt(s['val_dice'])} | {_fmt(s['val_dice_hmean'])} |"
+            + "".join(f" {_fmt(s[f'external_{n}_{k}'])} |" for n in external for k in EXTERNAL_METRICS)
         )
     return "\n".join(lines)
 
@@ -243,13 +264,39 @@ def _overlay_figure(out: Path, run: dict[str, Any], image_size: int, n: int = 4)
 
 
 def refused_lines(seeds: Sequence[dict[str, Any]]) -> list[str]:
-    """Markdown lines naming the stage-1 variants teacher selection refused as blank, per seed (none: [])."""
+    """Markdown lines naming the stage-1 variants teacher selection refused as blank, per run (none: [])."""
     lines = [
-        f"- seed {r['seed']}: `{x['bundle']}` refused as a teacher: {x['reason']}"
+        f"- run {run_key(r)}: `{x['bundle']}` refused as a teacher: {x['reason']}"
         for r in seeds
         for x in r.get("refused") or []
     ]
     return ["Refused teacher candidates (blank on validation):", "", *lines, ""] if lines else []
+
+
+def data_lines(seeds: Sequence[dict[str, Any]], settings: dict[str, Any]) -> list[str]:
+    """What the runs trained on: the labelled subset, the split (k-fold or not), the unlabelled pool."""
+    count = settings.get("labelled_count")
+    labelled = (
+        f"{count} labelled training images"
+        if count
+        else f"{settings['labelled_fraction']:.0%} of the training images labelled"
+    )
+    folds = settings.get("folds")
+    split = (
+        f"stratified {folds}-fold split (each image tested once per seed; test ids per run in results.json)"
+        if folds
+        else "one stratified 70/15/15 split per seed"
+    )
+    lines = [f"Dataset `{settings['dataset_dir']}`: {labelled}, {split}."]
+    pool = next((r["pool"] for r in seeds if r.get("pool")), None)
+    if pool:
+        dirs = ", ".join(f"`{d}`" for d in settings.get("unlabelled_dirs", []))
+        lines.append(
+            f"Unlabelled pool {dirs}: {pool['used']} images "
+            f"used of {pool['found']} found ({pool['dropped']} dropped as copies of labelled or pool images, "
+            f"{pool['skipped']} unreadable skipped); the `*_pretrain` variants pre-trained on it alone, once per seed."
+        )
+    return lines
 
 
 def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str, Any]) -> str:
@@ -257,48 +304,54 @@ def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str,
     import matplotlib
 
     matplotlib.use("Agg")
-    rows = collect(seeds)
-    summary = summarise(rows)
-    table = results_table(summary)
+    external = list(settings.get("external") or {})
+    rows = collect(seeds, external)
+    summary = summarise(rows, external)
+    table = results_table(summary, external)
     plot_test_dice(summary, out / "test_dice.png")
     plot_curves(rows, out / "curves.png")
     has_overlays = _overlay_figure(out, seeds[0], training_image_size(seeds[0], settings))
+    keys = [run_key(r) for r in seeds]
     per_seed = {
-        str(seed): {row: {k: v for k, v in s.items() if k != "history"} for row, per in rows.items()
-                    for sd, s in per.items() if sd == seed}
-        for seed in [r["seed"] for r in seeds]
-    }  # fmt: skip
-    atomic_write_json(
-        out / "results.json",
-        {"settings": settings, "summary": summary, "per_seed": per_seed, "selection": {
-            str(r["seed"]): {t["task"]: t["mode"] for t in r["teachers"]} for r in seeds},
-         "refused": {str(r["seed"]): r.get("refused") or [] for r in seeds}},
-    )  # fmt: skip
-    seeds_txt = ", ".join(str(r["seed"]) for r in seeds)
+        key: {row: {k: v for k, v in per[key].items() if k != "history"} for row, per in rows.items() if key in per}
+        for key in keys
+    }
+    results = {
+        "settings": settings,
+        "summary": summary,
+        "per_seed": per_seed,
+        "selection": {run_key(r): {t["task"]: t["mode"] for t in r["teachers"]} for r in seeds},
+        "refused": {run_key(r): r.get("refused") or [] for r in seeds},
+    }
+    if settings.get("folds"):
+        results["test_ids"] = {run_key(r): r.get("test_ids", []) for r in seeds}
+    atomic_write_json(out / "results.json", results)
+    ext = f"; then Dice and positive-only Dice on the external test set(s) {', '.join(external)}" if external else ""
     lines = [
         "# Two-stage multi-task SSL: results",
         "",
-        f"Dataset `{settings['dataset_dir']}`, {settings['labelled_fraction']:.0%} of the training images labelled, "
-        f"seeds {seeds_txt} (split and training seeded alike), scale `{settings['scale']}` "
+        *data_lines(seeds, settings),
+        f"Runs {', '.join(keys)} (seed, or seed/fold; split and training seeded alike), scale `{settings['scale']}` "
         f"(overrides {json.dumps(settings['overrides'])}); wall time {settings['wall_time_s']:.0f} s.",
         "Test-split metrics: Dice with the SIIM-ACR rule (empty truth and empty prediction score 1), Dice over",
-        "images with a positive truth, IoU; mean ± std over seeds. Teachers: each task's better mode on the",
-        "validation score `dice_hmean` (the mode chosen per seed in brackets); a variant blank on validation is",
-        "never a teacher (listed below the table). **blank**: positive-only test Dice below",
-        f"{BLANK_POSITIVE_DICE} (in that many seeds): the model finds no lesion; its Dice comes from the negatives.",
+        f"images with a positive truth, IoU; mean ± std over the runs{ext}. Teachers: each task's better mode on",
+        "the validation score `dice_hmean` (the mode chosen per run in brackets); a variant blank on validation is",
+        "never a teacher (listed below the table); `mean_teacher` is a semi-supervised competitor, not a teacher.",
+        f"**blank**: positive-only test Dice below {BLANK_POSITIVE_DICE} (in that many runs): the model finds no",
+        "lesion; its Dice comes from the negatives.",
         "",
         table,
         "",
         *refused_lines(seeds),
         "![test Dice per model](test_dice.png)",
         "",
-        "Validation Dice during training (first seed):",
+        "Validation Dice during training (first run):",
         "",
         "![learning curves](curves.png)",
         "",
     ]
     if has_overlays:
-        lines += ["Test images (first seed), prediction in colour:", "", "![predictions](overlays.png)", ""]
+        lines += ["Test images (first run), prediction in colour:", "", "![predictions](overlays.png)", ""]
     lines += ["Machine-readable: `results.json`. Per-bundle logs: `logs/`.", ""]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))

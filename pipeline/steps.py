@@ -29,6 +29,7 @@ from pipeline.scales import config_keys
 
 CORRUPT = "model.pt changed or corrupt since training"
 NOT_TRAINED = "not trained yet"
+MODEL, PRETRAINED = "model.pt", "pretrained.pt"  # what a train.json / a pretrain.json run makes under models/
 
 
 @dataclass
@@ -40,14 +41,20 @@ class Step:
     out: Path
     overrides: dict[str, Any] = field(default_factory=dict)
     extra_fingerprint: Any = None
+    config: str = "train.json"  # pretrain.json: the pre-training phase alone, which makes pretrained.pt
 
     @property
     def metrics_file(self) -> Path:
         return self.out / "models" / "metrics.json"
 
     @property
+    def product(self) -> str:
+        """What the run makes under ``models/``: ``model.pt``, or ``pretrained.pt`` for ``pretrain.json``."""
+        return PRETRAINED if self.config == "pretrain.json" else MODEL
+
+    @property
     def model_file(self) -> Path:
-        return self.out / "models" / "model.pt"
+        return self.out / "models" / self.product
 
     @property
     def metrics(self) -> RunMetrics:
@@ -91,15 +98,27 @@ def _metrics(models: Path) -> RunMetrics:
         return RunMetrics()
 
 
-def model_problem(models: Path) -> str | None:
-    """Why the trained ``models/model.pt`` cannot be used (missing, or not the file training saved), or None.
+def outcome(models: Path, product: str = MODEL) -> tuple[str | None, str | None, str | None]:
+    """(fingerprint, status, the product's recorded sha256) of the run whose outputs are in ``models``:
+    from ``metrics.json``'s ``config``/``training``/``model`` sections, or for ``pretrained.pt`` from its
+    ``pretraining`` section (``common.utils.metrics.record_pretrained``)."""
+    metrics = _metrics(models)
+    if product == PRETRAINED:
+        phase = metrics.section("pretraining")
+        return phase.get("pipeline_fingerprint"), phase.get("status"), phase.get("sha256")
+    return metrics.fingerprint, metrics.status, metrics.model.get("sha256")
+
+
+def model_problem(models: Path, product: str = MODEL) -> str | None:
+    """Why the trained ``models/model.pt`` (or ``pretrained.pt``) cannot be used (missing, or not the file
+    training saved), or None.
 
     Checked against the sha256 training recorded in ``metrics.json``; a model trained before that was
     recorded must at least load."""
-    model = models / "model.pt"
+    model = models / product
     if not model.is_file():
-        return "model.pt is missing"
-    recorded = _metrics(models).model.get("sha256")
+        return f"{product} is missing"
+    recorded = outcome(models, product)[2]
     if recorded is None:
         return None if checkpoint_problem(model) is None else CORRUPT
     return None if file_sha256(model) == recorded else CORRUPT
@@ -135,27 +154,29 @@ class TrainPlan:
 def plan_training(step: Step, force: bool) -> TrainPlan:
     """Decide (reading only) whether ``step`` is current, resumes, or trains, and why."""
     current = fingerprint(step)
-    done = _metrics(step.out / "models")
-    same = not force and done.fingerprint == current
-    if same and done.complete:
-        problem = model_problem(step.out / "models")
+    done_fingerprint, done_status, _ = outcome(step.out / "models", step.product)
+    done_complete = done_status == "complete"
+    same = not force and done_fingerprint == current
+    if same and done_complete:
+        problem = model_problem(step.out / "models", step.product)
         if problem is None:
-            return TrainPlan("current", "complete, same settings and data, model.pt as trained", step.out, current)
+            why = f"complete, same settings and data, {step.product} as trained"
+            return TrainPlan("current", why, step.out, current)
         reason = problem
-    elif force and done.fingerprint:
+    elif force and done_fingerprint:
         reason = "--force"
-    elif done.fingerprint is None:
+    elif done_fingerprint is None:
         reason = (
             "its metrics.json is unreadable or records no fingerprint" if step.metrics_file.exists() else NOT_TRAINED
         )
-    elif done.fingerprint != current:
+    elif done_fingerprint != current:
         reason = "settings, data or teachers changed since training"
     else:
-        reason = f"the previous training is {done.status or 'incomplete'} and left no checkpoint"
-    replaces = done.complete
-    staged = _metrics(step.staging / "models")
-    if not force and staged.fingerprint == current:
-        if staged.complete and model_problem(step.staging / "models") is None:
+        reason = f"the previous training is {done_status or 'incomplete'} and left no checkpoint"
+    replaces = done_complete
+    staged_fingerprint, staged_status, _ = outcome(step.staging / "models", step.product)
+    if not force and staged_fingerprint == current:
+        if staged_status == "complete" and model_problem(step.staging / "models", step.product) is None:
             return TrainPlan(
                 "finish", f"trained in {step.staging.name}, not moved in yet", step.staging, current, replaces
             )
@@ -164,7 +185,7 @@ def plan_training(step: Step, force: bool) -> TrainPlan:
             why = f"an interrupted training with the same settings: {step.staging.name}/models/{checkpoint.name}"
             return TrainPlan("resume", why, step.staging, current, replaces)
         reason = problem or reason
-    if same and not done.complete:
+    if same and not done_complete:
         checkpoint, problem = _resumable(step.out / "models")
         if checkpoint:
             why = f"an interrupted training with the same settings: models/{checkpoint.name}"
@@ -179,16 +200,16 @@ def _recover(step: Step) -> None:
     if not old.exists():
         return
     if not step.out.exists():
-        staged = _metrics(step.staging / "models")
-        done = staged.complete and model_problem(step.staging / "models") is None
+        staged = outcome(step.staging / "models", step.product)[1] == "complete"
+        done = staged and model_problem(step.staging / "models", step.product) is None
         os.replace(step.staging if done else old, step.out)
     shutil.rmtree(old, ignore_errors=True)
 
 
 def _move_in(step: Step) -> None:
     """Replace ``out`` by the completed staging folder (the old outputs are deleted only afterwards)."""
-    staged = _metrics(step.staging / "models")
-    problem = model_problem(step.staging / "models") if staged.complete else f"training is {staged.status}"
+    status = outcome(step.staging / "models", step.product)[1]
+    problem = model_problem(step.staging / "models", step.product) if status == "complete" else f"training is {status}"
     if problem:
         raise StepError(f"{step.name}: {problem} in {step.staging}; {step.out} is left as it was")
     if step.replaced.exists():
@@ -221,13 +242,17 @@ def train_step(runner: Runner, step: Step, force: bool) -> str:
             "pipeline_fingerprint": plan.fingerprint,
             "resume": plan.action == "resume",
         }
+        phase = "pretrain" if step.product == PRETRAINED else "train"
         runner.bundle(
-            [step.bundle / "configs" / "train.json"], overrides, f"{step.out.parent.name}-{step.name}-train", True
+            [step.bundle / "configs" / step.config],
+            overrides,
+            f"{step.out.parent.name}-{step.name}-{phase}",
+            phase == "train",
         )
     if plan.folder == step.staging:
         _move_in(step)
-    elif not step.metrics.complete:
-        raise StepError(f"{where}: training ended with status {step.metrics.status!r} ({step.metrics_file})")
+    elif (status := outcome(step.out / "models", step.product)[1]) != "complete":
+        raise StepError(f"{where}: training ended with status {status!r} ({step.metrics_file})")
     if plan.action == "resume":
         return "resumed"
     return "trained" if plan.reason == NOT_TRAINED else f"trained ({plan.reason})"
@@ -239,8 +264,11 @@ def teachers_stamp(teachers: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps([t["sha256"] for t in teachers]).encode()).hexdigest()
 
 
-def plan_evaluation(step: Step, ensemble: bool = False, stamp: str | None = None) -> tuple[str, str]:
-    """(``current`` or ``would-evaluate``, why) for a trained ``step``; ``stamp``: the ensemble's teachers."""
+def plan_evaluation(
+    step: Step, ensemble: bool = False, stamp: str | None = None, name: str = "test"
+) -> tuple[str, str]:
+    """(``current`` or ``would-evaluate``, why) for a trained ``step``; ``stamp``: the ensemble's teachers;
+    ``name``: the evaluation (``test``, or ``external_<NAME>``)."""
     if ensemble:
         if stamp is None:
             return "would-evaluate", "the teachers are selected first"
@@ -249,14 +277,19 @@ def plan_evaluation(step: Step, ensemble: bool = False, stamp: str | None = None
         if problem:
             return "would-evaluate", f"after training ({problem})"
         stamp = file_sha256(step.model_file)
-    recorded = step.metrics.evaluation("test", ensemble).get("source_sha256")
+    recorded = step.metrics.evaluation(name, ensemble).get("source_sha256")
     if recorded == stamp:
-        return "current", "evaluated on the test split with this model"
+        return "current", f"evaluated on {name} with this model"
     return "would-evaluate", "not evaluated yet" if recorded is None else "the model changed since its evaluation"
 
 
-def evaluate_step(runner: Runner, step: Step, ensemble: bool = False) -> str:
-    """Evaluate the step's model (or the teacher ensemble) on the test split unless already done."""
+def evaluate_step(
+    runner: Runner, step: Step, ensemble: bool = False, name: str = "test", data: dict[str, Any] | None = None
+) -> str:
+    """Evaluate the step's model (or the teacher ensemble) on the test split unless already done.
+
+    ``name``/``data``: another evaluation, e.g. ``external_<NAME>`` with the data overrides of an external
+    test set (its datalist's ``test`` split); recorded in metrics.json under ``name`` (``ensemble_<name>``)."""
     if ensemble:
         stamp = teachers_stamp(json.loads(Path(step.overrides["teachers_file"]).read_text())["teachers"])
     else:  # never a model that is not the file training saved
@@ -264,13 +297,14 @@ def evaluate_step(runner: Runner, step: Step, ensemble: bool = False) -> str:
         if problem:
             raise StepError(f"{step.out.parent.name}/{step.name}: {problem} ({step.model_file}); rerun to retrain it")
         stamp = file_sha256(step.model_file)
-    if step.metrics.evaluation("test", ensemble).get("source_sha256") == stamp:
+    if step.metrics.evaluation(name, ensemble).get("source_sha256") == stamp:
         return "current"
     configs = [step.bundle / "configs" / c for c in ("train.json", "evaluate.json")]
     if ensemble:
         configs.append(step.bundle / "configs" / "evaluate_ensemble.json")
-    section = "ensemble_test" if ensemble else "test"
-    runner.bundle(configs, {**step.overrides, "eval_split": "test"}, f"{step.out.parent.name}-{step.name}-{section}")
+    section = f"ensemble_{name}" if ensemble else name
+    overrides = {**step.overrides, **(data or {}), "eval_split": "test", "eval_name": name}
+    runner.bundle(configs, overrides, f"{step.out.parent.name}-{step.name}-{section}")
     update_metrics_file(step.metrics_file, **{section: {**step.metrics.section(section), "source_sha256": stamp}})
     return "evaluated"
 

@@ -6,6 +6,11 @@ SIIM-ACR download (dicom-images-train/ + train-rle.csv):
         --labelled-fraction 0.1 --seed 0
 A plain folder of images and masks of the same stem (PNG/JPEG/NIfTI, any size, gray or RGB):
     python scripts/prepare_siim.py --image-dir imgs/ --mask-dir masks/ --out datalist.json
+With an unlabelled pool (folders of unlabelled images, searched recursively; repeatable):
+    python scripts/prepare_siim.py --siim-dir /data/siim --out datalist.json --unlabelled-dir /data/archive
+
+Pool images join ``training_unlabelled`` (each marked with its ``source`` folder); a pool image that copies
+an image of the labelled dataset, or an earlier pool image, is dropped and counted (``common.data.pool``).
 
 Every image and mask is decoded once to check it (use --workers to parallelise, --no-verify to
 skip: masks of a folder are then read alone). The split is stratified by positive/negative: from
@@ -23,6 +28,7 @@ import sys
 from pathlib import Path
 
 from common.data.datalist import DataValidationError, build_datalist, scan_folder, scan_siim
+from common.data.pool import add_pool_arguments, with_pool
 from common.utils.io import atomic_write_json
 
 
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="datalist JSON to write")
     parser.add_argument("--labelled-fraction", type=float, default=1.0, help="share of training images kept labelled")
     parser.add_argument("--seed", type=int, default=0, help="split seed: same seed, same split")
+    add_pool_arguments(parser)
     parser.add_argument("--skip-bad", action="store_true", help="skip bad items and report them instead of failing")
     parser.add_argument(
         "--no-verify", action="store_true", help="decode no images (layout and CSV checks; folder masks still read)"
@@ -55,18 +62,30 @@ def main(argv: list[str] | None = None) -> int:
             verify=not args.no_verify,
             workers=args.workers,
         )
+        datalist = with_pool(
+            datalist, args.unlabelled_dir, args.pool_size, args.seed, skip_bad=args.skip_bad, workers=args.workers
+        )
     except (DataValidationError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     report = args.out.with_name(args.out.name.removesuffix(".json") + ".skipped.json")
-    if datalist["skipped"]:
-        atomic_write_json(report, {"count": len(datalist["skipped"]), "skipped": datalist["skipped"]})
-        print(f"skipped {len(datalist['skipped'])} bad item(s): listed in {report}")
+    pool = datalist.get("pool") or {}
+    skipped = [*datalist["skipped"], *pool.get("skipped", [])]
+    if skipped:
+        atomic_write_json(report, {"count": len(skipped), "skipped": skipped})
+        print(f"skipped {len(skipped)} bad item(s): listed in {report}")
     elif report.exists():
         report.unlink()  # a stale report from an earlier run would describe other data
     atomic_write_json(args.out, datalist)
     counts = ", ".join(f"{k}={v}" for k, v in datalist["counts"].items())
     print(f"wrote {args.out}: {counts}")
+    if pool:
+        sources = ", ".join(f"{name}={n}" for name, n in pool["used"].items())
+        print(
+            f"unlabelled pool: {pool['counts']['used']} image(s) used ({sources}) of {pool['counts']['found']} found, "
+            f"{pool['counts']['dropped']} dropped as duplicates of labelled or pool images, "
+            f"{pool['counts']['skipped']} skipped"
+        )
     return 0
 
 

@@ -9,6 +9,18 @@ Everything is written under ``--out`` (bundles stay untouched: their ``ckpt_dir`
 
     python scripts/run_pipeline.py --dataset-dir demo_data/siim --scale demo --out runs/demo
     python scripts/run_pipeline.py --dataset-dir /data/siim --labelled-fraction 0.1 --seeds 0 1 2 --out runs/siim10
+    python scripts/run_pipeline.py --dataset-dir /data/siim --labelled-count 16 --folds 5 --seeds 0 1 \
+        --unlabelled-dir /data/archive --external-test hospital=/data/hospital_cxr --scale small --out runs/siim16
+
+Few labels, many unlabelled images: ``--unlabelled-dir`` (repeatable) adds a pool of unlabelled images
+(DICOM/PNG/JPEG/NIfTI, searched recursively; ``--pool-size N`` a seeded subset) to every split's
+``training_unlabelled`` (copies of labelled images dropped and counted: ``common.data.pool``); the
+``*_pretrain`` variants then pre-train on the pool alone, once per seed, in ``<out>/pretrained/seed<S>/``
+(``--pretrain-store DIR``: one store shared by the run folders of several labelled sizes), and every labelled
+subset and fold of the seed reuses that ("reused" in the log; a changed pool or pretext setting retrains).
+``--folds K``: stratified K-fold, every image tested once per seed; ``--labelled-count N``: N labelled training images
+instead of ``--labelled-fraction``; ``--external-test NAME=DIR`` (repeatable; SIIM layout or
+``images/`` + ``masks/``): every model and the teacher ensemble are also evaluated there (own columns).
 
 Resuming: a training step is skipped when its ``metrics.json`` says ``complete``, records the same
 fingerprint (bundle configs + overrides + datalist content; for the student also the teachers'
@@ -33,6 +45,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.data.pool import add_pool_arguments
 from common.ssl import list_tasks
 from pipeline.cli import add_run_arguments, parse_run_arguments
 from pipeline.paths import REPO
@@ -44,6 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, out=REPO / "runs" / "pipeline", seeds=[0], scale="full")
     parser.add_argument("--labelled-fraction", type=float, default=0.2)
+    parser.add_argument("--labelled-count", type=int, help="exactly N labelled training images (stratified)")
+    parser.add_argument("--folds", type=int, help="stratified K-fold: every image tested once per seed")
+    add_pool_arguments(parser, dest="unlabelled_dirs")
+    parser.add_argument(
+        "--pretrain-store",
+        type=Path,
+        help="where pool-only pre-trainings are kept and reused (default <out>/pretrained; share it between runs)",
+    )
+    parser.add_argument(
+        "--external-test",
+        dest="external",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="an external test set (SIIM layout or images/ + masks/), repeatable",
+    )
     parser.add_argument("--tasks", nargs="+", default=list_tasks(), choices=list_tasks())
     parser.add_argument("--skip", nargs="*", default=[], help="bundle names to leave out (e.g. multitask_joint)")
     parser.add_argument("--nproc-per-bundle", type=int, default=1, help="torchrun processes per bundle")
@@ -69,7 +98,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SEED",
         help="then install this seed's models into bundles/*/models (as scripts/install_run.py does)",
     )
-    return run_protocol(**parse_run_arguments(parser, argv), argv=sys.argv[1:] if argv is None else argv)
+    arguments = parse_run_arguments(parser, argv)
+    arguments["external"] = external_tests(parser, arguments["external"])
+    return run_protocol(**arguments, argv=sys.argv[1:] if argv is None else argv)
+
+
+def external_tests(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Path]:
+    """``["site=/data/x"]`` -> {"site": Path("/data/x")}; a malformed or repeated name is a usage error."""
+    out: dict[str, Path] = {}
+    for item in items:
+        name, eq, folder = item.partition("=")
+        if not eq or not name or not folder or not name.replace("_", "").replace("-", "").isalnum():
+            parser.error(f"--external-test expects NAME=DIR (NAME: letters, digits, - or _), got {item!r}")
+        if name in out:
+            parser.error(f"--external-test {name}: given twice")
+        out[name] = Path(folder)
+    return out
 
 
 if __name__ == "__main__":

@@ -106,11 +106,33 @@ def test_auxiliary_passes_leave_batch_norm_running_statistics_alone() -> None:
     from common.training.engines import AuxiliaryObjective
 
     model = _model("genesis").train()
-    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
     loss, _ = AuxiliaryObjective(model, {"genesis": 1.0})(model, torch.rand(4, 1, 32, 32))
     loss.backward()
     after = model.state_dict()
-    assert stats and all(torch.equal(after[k], v) for k, v in stats.items())
+    assert stats and all(torch.equal(after[k], v) for k, v in stats.items())  # the batch counters too
     model(torch.rand(4, 1, 32, 32))  # the segmentation pass still updates them
     assert any(not torch.equal(model.state_dict()[k], v) for k, v in stats.items())
-    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.momentum == 0.1 and m.track_running_stats for m in norms)
+
+
+def test_random_layers_of_the_auxiliary_pass_leave_the_global_stream_alone() -> None:
+    from common.training.engines import AuxiliaryObjective
+
+    model = MultiTaskUNet(UNet(2, 1, 1, (8, 16), (2,), dropout=0.5), {"genesis": create_task("genesis")}).train()
+    objective = AuxiliaryObjective(model, {"genesis": 1.0})
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    first, _ = objective.losses(model, torch.rand(2, 1, 32, 32), rng_apart=True)
+    assert not torch.equal(torch.get_rng_state(), state)  # torch.rand drew from it ...
+    torch.manual_seed(5)
+    torch.rand(2, 1, 32, 32)
+    expected = torch.get_rng_state()
+    torch.manual_seed(5)
+    objective.losses(model, torch.rand(2, 1, 32, 32), rng_apart=True)
+    assert torch.equal(torch.get_rng_state(), expected)  # ... the dropout of the pass did not
+    objective.load_state_dict({"state": None})
+    torch.manual_seed(5)
+    again, _ = objective.losses(model, torch.rand(2, 1, 32, 32), rng_apart=True)
+    assert torch.equal(first["genesis"], again["genesis"])  # the masks come from the pretext stream

@@ -34,7 +34,7 @@ from tests.conftest import REPO
 def pipeline_args(dataset: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--dataset-dir", str(dataset), "--out", str(out), "--scale", "demo", "--labelled-fraction", "0.5",
-        "--tasks", "rotation", "--skip", "multitask_joint", "rotation_pretrain", "--jobs", "1",
+        "--tasks", "rotation", "--skip", "multitask_joint", "rotation_pretrain", "mean_teacher", "--jobs", "1",
         "--set", "epochs=1", "val_interval=1", "num_workers=0", *extra,
     ]  # fmt: skip
 

@@ -33,7 +33,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory, tiny_siim: Path) -> tupl
     run = work / "run"
     args = [
         "--dataset-dir", str(tiny_siim), "--out", str(run), "--scale", "demo", "--labelled-fraction", "0.5",
-        "--tasks", "rotation", "--skip", "multitask_joint", "rotation_pretrain", "--jobs", "1",
+        "--tasks", "rotation", "--skip", "multitask_joint", "rotation_pretrain", "mean_teacher", "--jobs", "1",
         "--set", "epochs=1", "val_interval=1", "num_workers=0",
     ]  # fmt: skip
     assert run_pipeline(args) == 0

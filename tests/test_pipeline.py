@@ -22,8 +22,11 @@ from tests.conftest import REPO
 
 
 def test_stage1_names_follow_tasks_and_skip() -> None:
-    assert stage1_names(["rotation"], []) == ["baseline", "rotation_joint", "rotation_pretrain", "multitask_joint"]
-    assert stage1_names(["jigsaw"], ["multitask_joint", "baseline"]) == ["jigsaw_joint", "jigsaw_pretrain"]
+    assert stage1_names(["rotation"], []) == [
+        "baseline", "rotation_joint", "rotation_pretrain", "multitask_joint", "mean_teacher",
+    ]  # fmt: skip
+    skip = ["multitask_joint", "baseline", "mean_teacher"]
+    assert stage1_names(["jigsaw"], skip) == ["jigsaw_joint", "jigsaw_pretrain"]
 
 
 @pytest.mark.slow
@@ -39,19 +42,20 @@ def test_pipeline_end_to_end_then_resumes_without_training(
     ]  # fmt: skip
     assert run_pipeline(args) == 0
     first = capsys.readouterr().out
-    for name in ("baseline", "rotation_joint", "rotation_pretrain", "hssl_pretrain", "distill"):
+    for name in ("baseline", "rotation_joint", "rotation_pretrain", "hssl_pretrain", "mean_teacher", "distill"):
         assert f"{name}: trained" in first
         metrics = json.loads((out / "seed0" / name / "models" / "metrics.json").read_text())
         assert metrics["training"]["status"] == "complete" and "test" in metrics
     results = json.loads((out / "results.json").read_text())
     summary = results["summary"]
-    assert {"baseline", "teacher rotation", "teacher hssl", "teacher ensemble", "student (distill)"} <= set(summary)
+    rows = {"baseline", "teacher rotation", "teacher hssl", "mean_teacher", "teacher ensemble", "student (distill)"}
+    assert rows <= set(summary)
     assert results["selection"]["0"]["rotation"] in ("joint", "pretrain")
     assert results["selection"]["0"]["hssl"] == "pretrain"  # the only hssl variant trained
     published = json.loads((tmp_path / "published.json").read_text())
     assert published["kind"] == "pipeline" and published["summary"] == summary and "--publish" in published["command"]
     report = (out / "report.md").read_text()
-    for row in ("baseline", "student (distill)", "teacher ensemble"):
+    for row in ("baseline", "mean_teacher", "student (distill)", "teacher ensemble"):
         assert f"| {row}" in report
         assert f"{summary[row]['test_dice']['mean']:.3f}" in report  # the report shows results.json's numbers
     for figure in ("test_dice.png", "curves.png", "overlays.png"):
@@ -60,7 +64,7 @@ def test_pipeline_end_to_end_then_resumes_without_training(
     assert run_pipeline(args) == 0  # everything current: nothing retrained or re-evaluated
     second = capsys.readouterr().out
     assert "trained" not in second.replace("untrained", "") and "evaluated" not in second
-    assert second.count(": current") == 5 + 6  # five trainings, six evaluations (with the ensemble)
+    assert second.count(": current") == 6 + 7  # six trainings, seven evaluations (with the ensemble)
 
 
 @pytest.mark.slow
@@ -177,5 +181,5 @@ def test_report_marks_blank_models_per_seed() -> None:
     )
     assert summary["baseline"]["blank_seeds"] == [0] and summary["student (distill)"]["blank_seeds"] == []
     table = results_table(summary)
-    assert "| baseline **blank** (1/2 seeds) |" in table
+    assert "| baseline **blank** (1/2 runs) |" in table
     assert "| student (distill) |" in table and "| no positives |" in table  # no positive image: not blank

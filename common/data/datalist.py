@@ -158,7 +158,7 @@ def scan_siim(siim_dir: str | Path) -> ScanResult:
     result = ScanResult(base_dir=siim_dir, source="siim-acr")
     rows, result.problems, bad_ids = read_rle_csv(csv_path)
     files: dict[str, Path] = {}
-    dicoms, broken = _image_files(image_root, (".dcm",), result.problems)
+    dicoms, broken = find_image_files(image_root, (".dcm",), result.problems)
     for path in dicoms:
         image_id = path.stem  # the competition names every file <SOPInstanceUID>.dcm
         if image_id in files:
@@ -194,7 +194,7 @@ def scan_siim(siim_dir: str | Path) -> ScanResult:
 # ----------------------------------------------------------------------------- image/mask folders
 
 
-def _image_files(folder: Path, suffixes: Sequence[str], problems: list[Problem]) -> tuple[list[Path], set[str]]:
+def find_image_files(folder: Path, suffixes: Sequence[str], problems: list[Problem]) -> tuple[list[Path], set[str]]:
     """Files under ``folder`` named with one of ``suffixes`` (sorted, as paths under ``folder``), and the
     stems of links to missing files: those are added to ``problems`` (not silently left out).
 
@@ -238,8 +238,8 @@ def scan_folder(image_dir: str | Path, mask_dir: str | Path) -> ScanResult:
     base = Path(os.path.commonpath([image_dir, mask_dir]))
     result = ScanResult(base_dir=base, source="folder")
     masks: dict[str, Path] = {}
-    mask_files, broken = _image_files(mask_dir, IMAGE_SUFFIXES, result.problems)
-    image_files, broken_images = _image_files(image_dir, IMAGE_SUFFIXES, result.problems)
+    mask_files, broken = find_image_files(mask_dir, IMAGE_SUFFIXES, result.problems)
+    image_files, broken_images = find_image_files(image_dir, IMAGE_SUFFIXES, result.problems)
     broken |= broken_images  # already reported: their partners are not orphans
     for path in mask_files:
         if stem(path) in masks:
@@ -637,14 +637,37 @@ def build_datalist(
     }
 
 
+def external_test_datalist(scan: ScanResult, skip_bad: bool = False, workers: int = 1) -> dict[str, Any]:
+    """An external test set: every verified image of ``scan`` in ``test`` (the other splits empty)."""
+    verify_items(scan, workers=workers)
+    if scan.problems and not skip_bad:
+        raise DataValidationError(scan.problems, hint=SKIP_HINT)
+    if not scan.items:
+        raise DataValidationError([Problem(str(scan.base_dir), "no usable image")])
+    test = sorted(scan.items, key=lambda it: it["id"])
+    return {
+        "name": f"external test set {scan.base_dir.name}",
+        "source": scan.source,
+        "dataset_dir": str(scan.base_dir.resolve()),
+        "counts": {"test": len(test), "positive_test": sum(bool(it.get("positive")) for it in test),
+                   "skipped": len(scan.problems)},
+        "skipped": [asdict(p) for p in scan.problems],
+        **{key: [] for key in SPLIT_KEYS},
+        "test": test,
+    }  # fmt: skip
+
+
 def resolve_paths(datalist: dict[str, Any], base_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Return the four splits with ``image``/``label`` joined to ``base_dir`` (MONAI datalist style)."""
+    """Return the four splits with ``image``/``label`` joined to ``base_dir`` (MONAI datalist style; a pool
+    image's absolute path stays as it is), and the unlabelled pool's summary when there is one."""
     base = Path(base_dir)
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: dict[str, Any] = {}
     for key in SPLIT_KEYS:
         out[key] = [
             {k: str(base / v) if k in ("image", "label") else v for k, v in item.items()} for item in datalist[key]
         ]
+    if datalist.get("pool"):
+        out["pool"] = datalist["pool"]
     return out
 
 

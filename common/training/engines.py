@@ -2,8 +2,12 @@
 
 * ``MultiTaskTrainer`` (joint mode): every iteration takes the labelled segmentation batch of its
   data loader and, separately, an auxiliary batch from a second loader over all training images;
-  the loss is ``seg_weight * L_seg + sum_i lambda_i * L_i``. It reuses SupervisedTrainer's
-  iteration (AMP, gradient accumulation, events) by handing it that combined loss.
+  the loss is ``seg_weight * L_seg + sum_i lambda_i * L_i`` (``fixed``), or weighted by a learnt or
+  gradient-matched balance (``common.training.balancing``). It reuses SupervisedTrainer's iteration (AMP,
+  gradient accumulation, events) by handing it that combined loss. With every lambda 0 it trains exactly
+  like the baseline: the auxiliary pass leaves every random stream and batch-norm buffer of the
+  segmentation training alone (its loader has its own generator, its random layers draw from the pretext
+  stream, its batch norm neither updates nor counts running statistics).
 * ``PretextTrainer`` (pre-training mode): auxiliary losses only, on batches of all training images;
   no segmentation forward pass at all.
 * ``DistillationTrainer`` (stage 2): the student against the teacher ensemble's soft targets (cached
@@ -22,11 +26,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
+from ignite.metrics import Average, Metric
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.handlers import from_engine
 from monai.utils.enums import CommonKeys as Keys
 
 from common.distill.teachers import TeacherEnsemble
+from common.training.balancing import SEG, FixedBalancing, GradNormBalancing, LossBalancer, shared_parameters
 from common.training.kd import DistillationLoss
 from common.training.networks import MultiTaskUNet
 from common.utils.io import atomic_path
@@ -35,22 +42,45 @@ from common.utils.metrics import update_metrics_file
 
 @contextlib.contextmanager
 def bn_running_stats_frozen(module: torch.nn.Module) -> Iterator[None]:
-    """Batch norm layers still normalise with batch statistics but leave their running statistics alone.
+    """Batch norm layers still normalise with batch statistics but leave their running statistics alone:
+    neither the means and variances nor the ``num_batches_tracked`` counter move.
 
     The auxiliary passes see other images (rotated, shuffled, corrupted) than the segmentation pass; if
     they updated the running statistics, the network evaluated in eval mode would normalise with a mix
     of both (measured on the demo: inpainting_joint trained its segmentation loss as far as the baseline
-    yet scored validation Dice 0.04 against 0.60).
+    yet scored validation Dice 0.04 against 0.60). In training mode a layer that does not track running
+    statistics normalises with the batch's and touches no buffer (momentum 0 would still count the batch).
     """
-    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in norms]
+    norms = [
+        m
+        for m in module.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
     for m in norms:
-        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch
+        m.track_running_stats = False
     try:
         yield
     finally:
-        for m, momentum in zip(norms, saved, strict=True):
-            m.momentum = momentum
+        for m in norms:
+            m.track_running_stats = True
+
+
+@contextlib.contextmanager
+def global_rng_apart(generator: torch.Generator) -> Iterator[None]:
+    """Torch's process-wide generator of ``generator``'s device reseeded from ``generator`` for the block,
+    and put back where it was afterwards.
+
+    Random layers (dropout) in the auxiliary pass then draw from the pretext stream (which the resumable
+    checkpoints carry), not from the stream the segmentation pass and the data loaders draw from.
+    """
+    device = generator.device
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device).item())
+    cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
 
 
 class SeededObjective:
@@ -107,14 +137,25 @@ class AuxiliaryObjective(SeededObjective):
         """Per-image label keys the weighted tasks read from the auxiliary batch."""
         return tuple(dict.fromkeys(k for n in self.weights for k in self.model.tasks[n].label_keys))
 
-    def __call__(
-        self, network: torch.nn.Module, images: torch.Tensor, labels: Mapping[str, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total weighted auxiliary loss and each task's (unweighted) loss (plus its terms, if it keeps any)."""
+    def losses(
+        self,
+        network: torch.nn.Module,
+        images: torch.Tensor,
+        labels: Mapping[str, torch.Tensor] | None = None,
+        rng_apart: bool = False,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Each task's (unweighted) loss, and the terms of those that keep any (``<task>/<term>``).
+
+        ``rng_apart``: random layers draw from the pretext generator (``global_rng_apart``), not from torch's
+        process-wide stream."""
         generator = self.generator(images.device)
         losses: dict[str, torch.Tensor] = {}
         terms: dict[str, torch.Tensor] = {}
-        with bn_running_stats_frozen(self.model) if self.freeze_bn_stats else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if self.freeze_bn_stats:
+                stack.enter_context(bn_running_stats_frozen(self.model))
+            if rng_apart:
+                stack.enter_context(global_rng_apart(generator))
             for name in self.weights:
                 task = self.model.tasks[name]
                 if task.label_keys:
@@ -123,6 +164,13 @@ class AuxiliaryObjective(SeededObjective):
                     pretext = task.pretext(images, generator)
                 losses[name] = task.loss(network(pretext.input, task=name), pretext)
                 terms.update({f"{name}/{t}": v for t, v in (getattr(task, "last_terms", None) or {}).items()})
+        return losses, terms
+
+    def __call__(
+        self, network: torch.nn.Module, images: torch.Tensor, labels: Mapping[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total weighted auxiliary loss and each task's (unweighted) loss (plus its terms, if it keeps any)."""
+        losses, terms = self.losses(network, images, labels)
         total = sum(self.weights[n] * v for n, v in losses.items())
         return total, {**losses, **terms}
 
@@ -185,7 +233,8 @@ class AuxiliaryBatches:
 
 
 class MultiTaskTrainer(AuxiliaryBatches, SupervisedTrainer):
-    """Joint mode: ``seg_weight * L_seg(seg batch) + sum lambda_i L_i(aux batch)`` every iteration.
+    """Joint mode: the segmentation loss of the seg batch and every task's loss of the aux batch, combined
+    by ``balancer`` (``fixed`` by default: ``seg_weight * L_seg + sum lambda_i L_i``) every iteration.
 
     Args:
         network: the ``MultiTaskUNet`` (its segmentation forward is the plain U-Net).
@@ -193,11 +242,17 @@ class MultiTaskTrainer(AuxiliaryBatches, SupervisedTrainer):
         aux_data_loader: loader over all training images (labelled and unlabelled), cycled; every training
             epoch starts a fresh pass, so that where the auxiliary stream stands at an epoch boundary is
             all in the random state (``common.training.rng``) and a resumed run draws what the
-            uninterrupted run drew.
+            uninterrupted run drew. Give it its own ``generator``: drawing its shuffles from torch's
+            process-wide one would move the labelled loader's.
         task_weights: lambda per task name.
-        seg_weight: weight of the segmentation loss.
+        seg_weight: weight of the segmentation loss (without a ``balancer``; a balancer has its own).
         pretext_seed: seed of the pretext generator.
+        balancer: how the losses are weighted (``common.training.balancing``; its parameters, if any, must be
+            in ``optimizer``); by default ``fixed`` with ``task_weights`` and ``seg_weight``.
         kwargs: everything else SupervisedTrainer takes.
+
+    The engine's output holds ``seg_loss``, ``aux_loss`` (the weighted auxiliary part), ``aux_loss/<task>``
+    (unweighted), ``seg_weight`` and ``aux_weight/<task>`` (the effective weights; ``joint_metrics``).
     """
 
     def __init__(
@@ -208,23 +263,67 @@ class MultiTaskTrainer(AuxiliaryBatches, SupervisedTrainer):
         task_weights: Mapping[str, float],
         seg_weight: float = 1.0,
         pretext_seed: int = 0,
+        balancer: LossBalancer | None = None,
         **kwargs: Any,
     ) -> None:
-        self.seg_loss, self.seg_weight = loss_function, seg_weight
+        if balancer is None:
+            balancer = FixedBalancing(task_weights, seg_weight)
+        if set(balancer.task_weights) != set(task_weights) or balancer.seg_weight != seg_weight:
+            raise ValueError(
+                f"the balancer weighs {balancer.task_weights} (segmentation {balancer.seg_weight}), the trainer "
+                f"{dict(task_weights)} (segmentation {seg_weight})"
+            )
+        if isinstance(balancer, GradNormBalancing) and _world_size() > 1:
+            raise NotImplementedError(
+                "aux_balancing 'gradnorm' takes gradients of each loss apart, which DistributedDataParallel's "
+                "gradient hooks do not allow: train it in one process (or use 'fixed' / 'uncertainty')"
+            )
+        self.seg_loss, self.balancer = loss_function, balancer
         self.objective = AuxiliaryObjective(network, task_weights, pretext_seed)
+        self._shared = shared_parameters(network) if isinstance(balancer, GradNormBalancing) else []
         self._init_aux_batches(aux_data_loader)
         super().__init__(network=network, loss_function=self._joint_loss, **kwargs)
+        if any(True for _ in balancer.parameters()):  # learnt weights: the same on every rank
+            self.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._average_balancer_grads)
 
     def _joint_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         batch = self._next_aux_batch()
         images = _images(batch, self.state.device, self.non_blocking)
         labels = _labels(batch, self.objective.label_keys, self.state.device)
         seg = self.seg_loss(pred, target).mean()
-        aux, per_task = self.objective(self.network, images, labels)
-        self.state.output["seg_loss"] = seg.detach()
-        self.state.output["aux_loss"] = aux.detach()
-        self.state.output.update({f"aux_loss/{n}": v.detach() for n, v in per_task.items()})
-        return self.seg_weight * seg + aux
+        losses, terms = self.objective.losses(self.network, images, labels, rng_apart=True)
+        joint = self.balancer(seg, losses, self._shared)
+        out = self.state.output
+        out["seg_loss"] = seg.detach()
+        out["aux_loss"] = joint.aux.detach()
+        out.update({f"aux_loss/{n}": v.detach() for n, v in {**losses, **terms}.items()})
+        out["seg_weight"] = joint.weights[SEG]
+        out.update({f"aux_weight/{n}": w for n, w in joint.weights.items() if n != SEG})
+        return joint.total
+
+    def _average_balancer_grads(self, engine: MultiTaskTrainer) -> None:
+        """Under torch.distributed the balancer sits outside DistributedDataParallel: average its gradients."""
+        world = _world_size()
+        if world < 2:
+            return
+        for p in self.balancer.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(world)
+
+
+def _world_size() -> int:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if distributed else 1
+
+
+def joint_metrics(tasks: Iterable[str]) -> dict[str, Metric]:
+    """The joint trainer's epoch averages (``additional_metrics``): ``seg_loss``, ``aux_loss`` and
+    ``seg_weight``, and per task ``aux_loss_<task>`` (unweighted) and ``aux_weight_<task>`` (effective)."""
+    keys = {"seg_loss": "seg_loss", "aux_loss": "aux_loss", "seg_weight": "seg_weight"}
+    for task in tasks:
+        keys.update({f"aux_loss_{task}": f"aux_loss/{task}", f"aux_weight_{task}": f"aux_weight/{task}"})
+    return {name: Average(output_transform=from_engine([key], first=True)) for name, key in keys.items()}
 
 
 def backward_and_step(engine: SupervisedTrainer, loss: torch.Tensor, use_amp: bool) -> None:

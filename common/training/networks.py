@@ -43,7 +43,11 @@ class MultiTaskUNet(nn.Module):
         self.seg_net = seg_net
         self.tasks = dict(tasks)
         channels = self._feature_channels()
-        self.heads = nn.ModuleDict({name: task.build_head(channels[task.feature]) for name, task in self.tasks.items()})
+        heads = {name: task.build_head(channels[task.feature]) for name, task in self.tasks.items()}
+        self.heads = nn.ModuleDict(heads).to(self._device())  # beside the U-Net (the config moved it already)
+
+    def _device(self) -> torch.device:
+        return next(self.seg_net.parameters()).device
 
     def _down_path(self) -> tuple[list[nn.Module], nn.Module]:
         """The down blocks below the first level and the bottom block, walking the nested connections."""
@@ -95,7 +99,7 @@ class MultiTaskUNet(nn.Module):
     def _feature_channels(self) -> dict[str, Any]:
         levels = len(self.seg_net.strides)
         size = 2 ** (levels + 1)
-        probe = torch.zeros(1, self.seg_net.in_channels, *([size] * self.seg_net.dimensions))
+        probe = torch.zeros(1, self.seg_net.in_channels, *([size] * self.seg_net.dimensions), device=self._device())
         was_training = self.seg_net.training
         self.seg_net.eval()
         with torch.no_grad():

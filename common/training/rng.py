@@ -33,6 +33,9 @@ Distributed runs. Only rank 0 saves. Every rank restores the engines' generators
 is seeded alike on every rank), but only the rank that saved restores the per-process streams: the other
 ranks keep their fresh ``seed + rank`` ones rather than take rank 0's, which would make all ranks augment
 alike. So a multi-process resume is correct, not identical.
+
+``built_apart`` builds something (a joint bundle's task heads) from its own seeded stream, leaving the
+process-wide one where it was: what a variant adds must not change what the baseline's objects draw.
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ from __future__ import annotations
 import logging
 import random
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import PurePath
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -58,6 +61,7 @@ LOADER_PARTS = ("dataset", "sampler", "batch_sampler", "generator")
 _LEAVES = (str, bytes, int, float, complex, bool, type(None), PurePath, torch.Tensor, np.ndarray, torch.nn.Module)
 _OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType)
 _MAX_DEPTH = 40
+T = TypeVar("T")
 
 
 def _rank() -> int:
@@ -197,3 +201,15 @@ class RandomState:
                 stream.set_state(saved["state"].cpu())
             else:
                 _set_numpy_state(saved, stream)
+
+
+def built_apart(factory: Callable[..., T], seed: int, *args: Any, **kwargs: Any) -> T:
+    """``factory(*args, **kwargs)`` with torch's CPU generator seeded by ``seed`` while it runs, and put back
+    where it was afterwards (its initial seed too).
+
+    For what a variant builds on top of the baseline (the auxiliary task heads): their initialisation must
+    not move the process-wide stream, from which a MONAI DataLoader built later seeds its augmentations.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return factory(*args, **kwargs)

@@ -11,7 +11,9 @@ Sections (top-level keys):
 - ``validation``: the best validation metrics (``dice``, ``dice_positive``, ``iou``, ``best_epoch``);
 - ``history``: one point per validation (the learning curve);
 - ``test``, ``ensemble_test`` (any ``<split>`` / ``ensemble_<split>``): evaluation results;
-- ``pretraining``, ``distillation``: what the phase before fine-tuning / the soft targets recorded.
+- ``pretraining``, ``distillation``: what the phase before fine-tuning / the soft targets recorded; a
+  pre-training run alone (``pretrain.json``) also records there its ``status``, ``pretrained.pt``'s sha256
+  and its ``pipeline_fingerprint`` (``record_pretrained``), which is what the pipeline's store reuses.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.utils.io import atomic_write_json
+from common.utils.io import atomic_write_json, file_sha256
 
 
 def read_metrics_file(path: str | Path) -> dict[str, Any]:
@@ -38,6 +40,25 @@ def update_metrics_file(path: str | Path, **sections: Any) -> dict[str, Any]:
     doc["updated_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_json(path, doc)
     return doc
+
+
+def record_pretrained(metrics_file: str | Path, pretrained_file: str | Path) -> str:
+    """Mark a pre-training run alone (``pretrain.json``) complete in its metrics.json: the ``pretraining``
+    section gains ``status``, the weights' ``sha256`` and the run's ``pipeline_fingerprint`` (None outside
+    the pipeline), so the pipeline can reuse the file (``pipeline.steps``). Returns ``pretrained_file``."""
+    from common.utils.bundle import running_config
+
+    phase = read_metrics_file(metrics_file).get("pretraining") or {}
+    update_metrics_file(
+        metrics_file,
+        pretraining={
+            **phase,
+            "status": "complete",
+            "sha256": file_sha256(pretrained_file),
+            "pipeline_fingerprint": running_config().get("pipeline_fingerprint"),
+        },
+    )
+    return str(pretrained_file)
 
 
 # what inference must reproduce from training: recorded in the ``model`` section when training starts

@@ -183,9 +183,48 @@ def _open_unit_interval(name: str, value: Any) -> float:
     return float(value)
 
 
+def _folders(name: str, value: Any) -> list[Path]:
+    """Nothing (``""``), one folder or a list of folders, each existing (the unlabelled pool)."""
+    from common.data.pool import pool_dirs
+
+    if not (
+        value == "" or isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    ):
+        raise SettingError(name, value, "must be a folder or a list of folders")
+    missing = [str(d) for d in pool_dirs(value) if not d.is_dir()]
+    if missing:
+        raise SettingError(name, value, f"folder not found: {', '.join(missing)}")
+    return pool_dirs(value)
+
+
+def _pool_size(name: str, value: Any) -> int | str:
+    from common.data.pool import ALL
+
+    return value if value == ALL else whole_number(name, value, 0)
+
+
+def _aux_images(name: str, value: Any) -> str:
+    from common.data.pool import AUX_IMAGES
+
+    return one_of(name, value, AUX_IMAGES)
+
+
+def _aux_balancing(name: str, value: Any) -> str:
+    from common.training.balancing import BALANCING
+
+    return one_of(name, value, BALANCING)
+
+
 #: option -> its check (name, value); ``dataset_dir`` with ``datalist_file`` is checked by ``data_source``
 RULES: dict[str, Callable[[str, Any], Any]] = {
     "labelled_fraction": lambda n, v: real_number(n, v, 0, 1, low_open=True),
+    "unlabelled_dir": _folders,
+    "pool_size": _pool_size,
+    "pool_skip_bad": lambda n, v: flag(n, v, false_strings=False),  # read by truth
+    "aux_images": _aux_images,
+    # joint bundles: how the segmentation and auxiliary losses are weighed (common.training.balancing)
+    "aux_balancing": _aux_balancing,
+    "gradnorm_ratio": lambda n, v: real_number(n, v, 0, low_open=True),
     "split_seed": lambda n, v: whole_number(n, v, 0),
     "seed": lambda n, v: whole_number(n, v, 0),
     "image_size": lambda n, v: whole_number(n, v, SIZE_MULTIPLE, multiple_of=SIZE_MULTIPLE),

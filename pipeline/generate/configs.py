@@ -19,10 +19,10 @@ from pipeline.generate.variants import Variant
 SETTINGS_BEFORE = "datalist"
 HSSL = "hssl"
 MULTI_GPU_SUMMARY = "DistributedDataParallel around what each trainer drives, auxiliary batches sharded over the ranks"
-# what the auxiliary (unlabelled) loaders read: every training image, labels stripped
-ALL_TRAINING_IMAGES = (
-    "$common.data.datalist.image_items(@datalist['training_labelled'] + @datalist['training_unlabelled'])"
-)
+# what the auxiliary (unlabelled) loaders read: every training image and the unlabelled pool, labels stripped
+ALL_TRAINING_IMAGES = "$common.data.pool.aux_items(@datalist)"
+# the auxiliary tasks' images, by the ``aux_images`` setting (``all``, or the pool alone: ``common.data.pool``)
+AUX_IMAGES = "$common.data.pool.aux_items(@datalist, @aux_images)"
 
 
 def generated(cfg: dict[str, Any], source: str, variant: str, what: str) -> dict[str, Any]:
@@ -60,6 +60,16 @@ def settings(cfg: dict[str, Any], items: dict[str, Any]) -> None:
     put(cfg, items, before=SETTINGS_BEFORE)
 
 
+def add_settings_check(cfg: dict[str, Any], names: list[str]) -> None:
+    """The bundle's own settings added to the baseline's ``check_settings`` call in ``initialize``."""
+    call = "$common.utils.settings.check_settings("
+    at = [i for i, step in enumerate(cfg["initialize"]) if step.startswith(call)]
+    if len(at) != 1 or not cfg["initialize"][at[0]].endswith(")"):
+        raise ValueError("the baseline's initialize no longer has one check_settings(...) call")
+    step = cfg["initialize"][at[0]]
+    cfg["initialize"][at[0]] = step[:-1] + "".join(f", {n}=@{n}" for n in names) + ")"
+
+
 def average(key: str) -> dict[str, Any]:
     """An ignite running average of one engine output."""
     return {
@@ -81,10 +91,14 @@ def aux_blocks(cfg: dict[str, Any], variant: Variant) -> None:
             "aux_task_options": {},
             # half the segmentation batch: the auxiliary pass then costs about half a segmentation step
             "aux_batch_size": "$max(2, @batch_size // 2)",
+            # the images the tasks learn from: `all` (the split's training images and the unlabelled pool)
+            # or `pool` (the pool alone: what run_pipeline's pre-training store uses)
+            "aux_images": "all",
         },
     )
+    add_settings_check(cfg, ["aux_images"])
     dataset = copy.deepcopy(cfg["train"]["dataset"])
-    dataset["data"] = ALL_TRAINING_IMAGES
+    dataset["data"] = AUX_IMAGES
     dataset["transform"] = {"_target_": "Compose", "transforms": "@load_transforms"}
     loader = copy.deepcopy(cfg["train"]["dataloader"])
     loader.pop("sampler")  # the labelled images' positive-aware sampler: not for the unlabelled loader
@@ -111,7 +125,8 @@ def hssl_aux_data(cfg: dict[str, Any]) -> None:
         },
     )
     aggregate = (
-        "$common.data.aggregate.hssl_aux_data(@multidomain_datalist, @datalist, @multidomain_domains, "
+        "$common.data.aggregate.hssl_aux_data(@multidomain_datalist, "
+        "{'training_unlabelled': common.data.pool.aux_items(@datalist, @aux_images)}, @multidomain_domains, "
         "@include_target_images)"
     )
     put(cfg, {"aggregate": aggregate}, after="datalist")
@@ -143,17 +158,47 @@ def joint_train(variant: Variant) -> dict[str, Any]:
     """Baseline train.json with MultiTaskTrainer: seg batch + aux batch every iteration."""
     cfg = load_baseline("train.json")
     aux_blocks(cfg, variant)
+    settings(
+        cfg,
+        {
+            # how the losses are weighed (common.training.balancing): `fixed` (seg + sum lambda_i L_i),
+            # `uncertainty` (learnt log-variances, Kendall et al. 2018; aux_weights are the starting weights)
+            # or `gradnorm` (each task's gradient on the shared weights gradnorm_ratio x the segmentation's;
+            # aux_weights only switch tasks on, > 0, or off, 0)
+            "aux_balancing": "fixed",
+            "gradnorm_ratio": 0.1,
+        },
+    )
+    add_settings_check(cfg, ["aux_balancing", "gradnorm_ratio"])
+    # the auxiliary loader's own generator: drawing its shuffles and iterator seeds from torch's process-wide
+    # one would move what the labelled loader draws (with lambda 0 a joint run must train like the baseline).
+    # Not for the pre-training loader: ignite drives that one, and a shared generator would take one more
+    # draw at an epoch's end (the sampler's last, lazy permutation) in an uninterrupted run than in a resumed one
+    cfg["aux"]["dataloader"]["generator"] = "$torch.Generator().manual_seed(@seed)"
+    # the heads are initialised from their own stream (seeded by `seed`): drawing from torch's process-wide
+    # one would move the seeds the data loaders built after them give the augmentations
     multitask_network = {
-        "_target_": "common.training.networks.MultiTaskUNet",
+        "_target_": "common.training.rng.built_apart",
+        "factory": "$common.training.networks.MultiTaskUNet",
+        "seed": "@seed",
         "seg_net": "@network",
         "tasks": tasks_expr(),
     }
-    put(cfg, {"multitask_network": multitask_network}, after="network")
-    cfg["optimizer"]["params"] = "$@multitask_network.parameters()"
-    # the resumable checkpoints carry the task heads too (trained alongside; "model" stays the plain U-Net)
+    balancer = {
+        "_target_": "common.training.balancing.create_balancer",
+        "mode": "@aux_balancing",
+        "task_weights": "@aux_weights",
+        "gradnorm_ratio": "@gradnorm_ratio",
+        "device": "@device",
+    }
+    put(cfg, {"multitask_network": multitask_network, "loss_balancer": balancer}, after="network")
+    # the balancer's own parameters (uncertainty: the log-variances) are trained too, without weight decay
+    cfg["optimizer"]["params"] = "$common.training.balancing.param_groups(@multitask_network, @loss_balancer)"
+    # the resumable checkpoints carry the task heads and the balancer too ("model" stays the plain U-Net)
     train = cfg["train"]
-    checkpoint_also(train, {"heads": "$@multitask_network.heads"})
-    additional = {"seg_loss": average("seg_loss"), "aux_loss": average("aux_loss")}
+    checkpoint_also(train, {"heads": "$@multitask_network.heads", "balancer": "@loss_balancer"})
+    # seg_loss, aux_loss, and per task its unweighted loss and effective weight (epoch averages)
+    additional = "$common.training.engines.joint_metrics(list(@aux_weights))"
     put(cfg["train"], {"additional_metrics": additional}, after="key_metric")
     aux_trainer(
         cfg["train"],
@@ -161,6 +206,7 @@ def joint_train(variant: Variant) -> dict[str, Any]:
         network="@multitask_network",
         task_weights="@aux_weights",
         pretext_seed="@seed",
+        balancer="@loss_balancer",
     )
     return generated(cfg, "train.json", variant.name, variant.summary)
 

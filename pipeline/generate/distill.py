@@ -112,9 +112,9 @@ def evaluate_ensemble() -> dict[str, Any]:
     handlers = [h for h in evaluate["validate#handlers"] if not h["_target_"].endswith("CheckpointLoader")]
     for h in handlers:
         if h["_target_"].endswith("MetricsSaver"):
-            h["save_dir"] = "$os.path.join(@output_dir, 'ensemble_' + @eval_split)"
+            h["save_dir"] = "$os.path.join(@output_dir, 'ensemble_' + @eval_name)"
         if h["_target_"].endswith("EvaluationMetricsWriter"):
-            h["section"] = "$'ensemble_' + @eval_split"
+            h["section"] = "$'ensemble_' + @eval_name"
             h["checkpoint"] = "@teachers_file"
     cfg = {
         "network": "$common.distill.teachers.load_ensemble(@teachers_file, @network_def, @device, 1.0, @teacher_tasks)",

@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.generate.configs import (
     ALL_TRAINING_IMAGES,
+    add_settings_check,
     aux_trainer,
     average,
     checkpoint_also,
@@ -67,16 +68,6 @@ def image_only(augmentations: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _add_settings_check(cfg: dict[str, Any], names: list[str]) -> None:
-    """The bundle's own settings added to the baseline's ``check_settings`` call in ``initialize``."""
-    call = "$common.utils.settings.check_settings("
-    at = [i for i, step in enumerate(cfg["initialize"]) if step.startswith(call)]
-    if len(at) != 1 or not cfg["initialize"][at[0]].endswith(")"):
-        raise ValueError("the baseline's initialize no longer has one check_settings(...) call")
-    step = cfg["initialize"][at[0]]
-    cfg["initialize"][at[0]] = step[:-1] + "".join(f", {n}=@{n}" for n in names) + ")"
-
-
 def mean_teacher_train() -> dict[str, Any]:
     """Baseline train.json with the Mean Teacher trainer, its EMA teacher and its unlabelled loader."""
     cfg = load_baseline("train.json")
@@ -127,7 +118,7 @@ def mean_teacher_train() -> dict[str, Any]:
     if len(best) != 1 or list(best[0]["save_dict"]) != ["model"]:
         raise ValueError("the baseline's validation no longer has one key-metric CheckpointSaver of 'model'")
     best[0]["save_dict"]["model"] = "@evaluated_network"
-    _add_settings_check(cfg, list(SETTINGS))
+    add_settings_check(cfg, list(SETTINGS))
     return generated(cfg, "train.json", MEAN_TEACHER, SUMMARY)
 
 

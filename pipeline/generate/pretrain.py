@@ -144,5 +144,6 @@ def pretrain_only(train_cfg: dict[str, Any], variant: Variant) -> dict[str, Any]
     """pretrain.json: the same configuration, running the pre-training phase alone."""
     cfg = copy.deepcopy(train_cfg)
     cfg.pop("_generated_", None)
-    cfg["run"] = [*pretrain_checkpointing(), RUN_PRETRAINING]
+    record = "$common.utils.metrics.record_pretrained(@metrics_file, @pretrained_file) if not @non_main_rank else None"
+    cfg["run"] = [*pretrain_checkpointing(), RUN_PRETRAINING, record]
     return generated(cfg, "train.json", variant.name, f"the {', '.join(variant.tasks)} pre-training phase alone")
