@@ -4,12 +4,14 @@
 #   make test   same environment, runs ruff and the test suite
 #   make test-label  creates .venv-label (MONAI Label 0.8.5, pydicom 2.4: requirements-label.txt) and runs
 #               tests/label: a real MONAI Label server serving and training the distilled student
+#   make serve BUNDLE=distill IMAGES=/path/to/images [PORT=8000]  serves a trained bundle with MONAI Label
+#               on 127.0.0.1 (scripts/serve_label.py; the image id is the file name without extension)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR := demo_data/siim
 
-.PHONY: venv label-venv demo demo-data test test-label lint benchmark clean
+.PHONY: venv label-venv demo demo-data test test-label serve lint benchmark clean
 
 venv: $(VENV)/.installed
 
@@ -60,6 +62,13 @@ test: venv lint
 # (8 GB) takes about 2 minutes from the local package index, the tests about 2 minutes.
 test-label: label-venv
 	$(LABEL_PY) -m pytest -q tests/label
+
+# deploys the bundle (common vendored) into MONAI Label's monaibundle app under runs/label_apps/ and
+# becomes the server (Ctrl-C stops it); needs .venv-label only (the script strips PYTHONPATH for the server)
+BUNDLE ?= distill
+PORT ?= 8000
+serve: label-venv
+	PYTHONPATH="$(CURDIR)" $(LABEL_PY) scripts/serve_label.py --bundle "$(BUNDLE)" --images "$(IMAGES)" --port "$(PORT)"
 
 benchmark: demo-data
 	$(PY) scripts/benchmark.py

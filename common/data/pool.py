@@ -323,9 +323,10 @@ def add_pool_arguments(parser: Any, dest: str = "unlabelled_dir") -> None:
     )
 
 
-def pool_counts(datalist: dict[str, Any]) -> dict[str, Any] | None:
-    """What ``metrics.json`` records of the pool: its counts and images used per source (None: no pool)."""
-    pool = datalist.get("pool")
+def pool_counts(datalist: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What ``metrics.json`` records of the pool: its counts and images used per source (None: no pool, or no
+    datalist, as when MONAI Label supplies the data)."""
+    pool = (datalist or {}).get("pool")
     if not pool:
         return None
     return {**pool["counts"], "per_source": pool["used"], "pool_size": pool["pool_size"]}

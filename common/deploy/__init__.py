@@ -1,5 +1,6 @@
-"""Deployment: writing predicted masks (PNG/NIfTI, DICOM SEG) and model-zoo packing and unpacking."""
+"""Deployment: writing predicted masks (PNG/NIfTI, DICOM SEG), model-zoo packing and unpacking, and serving
+with MONAI Label (``label_app``)."""
 
-from common.deploy import dicom_seg, masks, zoo
+from common.deploy import dicom_seg, label_app, masks, zoo
 
-__all__ = ["dicom_seg", "masks", "zoo"]
+__all__ = ["dicom_seg", "label_app", "masks", "zoo"]

@@ -73,6 +73,15 @@ def running_config() -> dict[str, Any]:
     return dict(workflow.parser.get() or {})
 
 
+def built_item(key: str) -> Any:
+    """The value of config item ``key`` if the workflow on the stack has already built it, else None (without
+    building it: e.g. ``datalist``, which MONAI Label never builds because it supplies the loaders' data)."""
+    workflow = _workflow_on_stack()
+    if workflow is None:
+        return None
+    return workflow.parser.ref_resolver.resolved_content.get(key)
+
+
 def running_settings(keys: list[str]) -> dict[str, Any]:
     """The parsed values of those ``keys`` that the workflow on the stack defines; {} outside one."""
     workflow = _workflow_on_stack()

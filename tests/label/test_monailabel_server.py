@@ -2,11 +2,12 @@
 
 Runs only in .venv-label (``make test-label``; pydicom 2.4, monailabel 0.8.5). The session trains a
 tiny student the way tests/test_distill_bundle.py does (synthetic SIIM data, two one-epoch teachers,
-common.distill.selection, one distillation epoch), deploys a copy of it with the ``common``
-package vendored into the bundle folder into MONAI Label's stock ``monaibundle`` app, starts
-``monailabel start_server`` on 127.0.0.1 and asks it for masks over HTTP. The server gets no
-PYTHONPATH: it imports ``common`` from the deployed bundle only, as a server without this
-repository would.
+common.distill.selection, one distillation epoch) and serves it the way users do, through
+``scripts/serve_label.py`` (``make serve``): the command deploys a copy of it with the ``common``
+package vendored into the bundle folder into MONAI Label's ``monaibundle`` app and becomes
+``monailabel start_server`` on 127.0.0.1; the tests ask it for masks over HTTP, starting with the
+example request the command prints. The server gets no PYTHONPATH: it imports ``common`` from the
+deployed bundle only, as a server without this repository would.
 
 The one-epoch student is not a useful model (it marks nearly every pixel), so model quality is not
 tested: the server's mask must equal what the bundle's own inference command writes for the same
@@ -21,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -42,13 +44,14 @@ from PIL import Image
 from common.data.demo import make_demo_siim
 from common.data.rle import decode_union
 from common.distill.selection import select_teachers
-from tests.conftest import copy_bundle, tiny_train_overrides
+from tests.conftest import copy_bundle, free_port, tiny_train_overrides
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
 REAL_PNG = SHARED_DATA / "cxr_lungs" / "images" / "ARDSSevere.png"  # 790 x 631 RGB: not square
+REAL_JPEG = SHARED_DATA / "cxr_lungs" / "images" / "kjr-21-e24-g001-l-a.jpg"  # 328 x 237 RGB: a PNG mask back
 REAL_DICOM_DIR = SHARED_DATA / "siim_sample" / "dicom-images-train"  # one 1024 x 1024 JPEG Baseline CR
 MODEL = "distill"
 SERVER_START_TIMEOUT_S = 180
@@ -99,6 +102,7 @@ class Deployment:
 
     url: str
     bundle: Path  # the deployed copy under <app>/model/distill
+    printed: str  # what scripts/serve_label.py printed before it became the server
     cases: dict[str, Case]
     reference: dict[str, np.ndarray]  # masks the bundle's own inference command wrote, by case name
     siim: Path  # the synthetic training data (for the datastore labels)
@@ -135,11 +139,12 @@ def _sources(folder: Path, siim: Path) -> dict[str, Case]:
         "synthetic_dicom": Case("synthetic_dicom", dicom.stem, folder / dicom.name, pixels.shape),
         "synthetic_png": Case("synthetic_png", "synthetic_crop", folder / "synthetic_crop.png", (128, 96)),
     }
-    if REAL_PNG.is_file():
-        shutil.copy(REAL_PNG, folder / REAL_PNG.name)
-        with Image.open(REAL_PNG) as im:
-            width, height = im.size
-        cases["real_png"] = Case("real_png", REAL_PNG.stem, folder / REAL_PNG.name, (height, width))
+    for name, real in (("real_png", REAL_PNG), ("real_jpeg", REAL_JPEG)):
+        if real.is_file():
+            shutil.copy(real, folder / real.name)
+            with Image.open(real) as im:
+                width, height = im.size
+            cases[name] = Case(name, real.stem, folder / real.name, (height, width))
     real_dicoms = sorted(REAL_DICOM_DIR.glob("*.dcm")) if REAL_DICOM_DIR.is_dir() else []
     if real_dicoms:
         shutil.copy(real_dicoms[0], folder / real_dicoms[0].name)
@@ -148,14 +153,6 @@ def _sources(folder: Path, siim: Path) -> dict[str, Case]:
             "real_dicom", real_dicoms[0].stem, folder / real_dicoms[0].name, (ds.Rows, ds.Columns)
         )
     return cases
-
-
-def _deploy(student: Path, app: Path) -> Path:
-    """Copy the trained bundle into ``<app>/model/distill`` with the ``common`` package vendored into it."""
-    bundle = app / "model" / MODEL
-    shutil.copytree(student, bundle, ignore=shutil.ignore_patterns("cache", "logs", "eval", "checkpoint_*.pt"))
-    shutil.copytree(REPO / "common", bundle / "common", ignore=shutil.ignore_patterns("__pycache__"))
-    return bundle
 
 
 def _wait_for_info(url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -186,17 +183,9 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(student: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """The stock monaibundle app serving the deployed student on 127.0.0.1; stopped whatever happens."""
+    """``scripts/serve_label.py`` serving the student on 127.0.0.1; its process group is stopped whatever happens."""
     work = tmp_path_factory.mktemp("monailabel")
     cases = _sources(work / "sources", student.parent / "siim")
     ref_dir = work / "reference"  # the bundle's own inference command, same checkpoint, same images
@@ -210,43 +199,28 @@ def server(student: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     )
     reference = {n: _read_png(ref_dir / f"{c.image_id}_seg.png") for n, c in cases.items()}
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "monailabel.main",
-        "apps",
-        "--download",
-        "--name",
-        "monaibundle",
-        "--output",
-        str(work / "apps"),
-    ]
-    subprocess.run(cmd, cwd=work, check=True, capture_output=True, timeout=120)
-    app = work / "apps" / "monaibundle"
-    bundle = _deploy(student, app)
     studies = work / "studies"
     shutil.copytree(work / "sources", studies)
 
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONWARNINGS")}
-    env["MONAI_LABEL_SESSION_PATH"] = str(work / "sessions")
-    env["MONAI_LABEL_DATASTORE_FILE_EXT"] = json.dumps(["*.png", "*.dcm"])  # the default list has no *.dcm
-    env["TMPDIR"] = str(work / "tmp")  # its log config and result files go to tempfile: keep them in here
-    (work / "tmp").mkdir()
-    cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies)]
-    for key, value in (("models", MODEL), ("zoo_source", "local"), ("sam2", "false"), ("skip_trainers", "false")):
-        cmd += ["--conf", key, value]  # zoo_source local and sam2 false: nothing is downloaded
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    log = work / "server.log"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    env["PYTHONPATH"] = str(REPO)  # for the script, as `make serve` sets it: the server runs without it
+    cmd = [sys.executable, str(REPO / "scripts" / "serve_label.py"), "--bundle", str(student), "--images", str(studies)]
+    cmd += ["--port", str(port), "--apps-dir", str(work / "apps"), "--label-python", sys.executable]
+    log = work / "server.log"  # the command's own lines, then the server's
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_for_info(url, proc, log)
-        yield Deployment(url, bundle, cases, reference, student.parent / "siim", log)
+        bundle = work / "apps" / MODEL / "app" / "model" / MODEL
+        printed = log.read_text().split("[20", 1)[0]  # before the server's first timestamped line
+        yield Deployment(url, bundle, printed, cases, reference, student.parent / "siim", log)
     finally:
         _stop(proc)
-    assert proc.poll() is not None, "the MONAI Label server is still running"
+    assert proc.poll() is not None, "scripts/serve_label.py is still running"
+    with pytest.raises(ProcessLookupError):  # nor is the server it started, nor any child of it
+        os.killpg(proc.pid, 0)
 
 
 def _infer(dep: Deployment, image_id: str) -> np.ndarray:
@@ -255,10 +229,15 @@ def _infer(dep: Deployment, image_id: str) -> np.ndarray:
         f"{dep.url}/infer/{MODEL}", params={"image": image_id, "output": "image"}, timeout=INFER_TIMEOUT_S
     )
     assert r.status_code == 200, f"{image_id}: HTTP {r.status_code}: {r.text[:2000]}\n{dep.log.read_text()[-3000:]}"
-    if r.content[:8] == b"\x89PNG\r\n\x1a\n":
-        return _read_png(io.BytesIO(r.content))
-    assert r.content[128:132] == b"DICM", f"{image_id}: neither PNG nor DICOM ({r.headers.get('content-type')})"
-    return pydicom.dcmread(io.BytesIO(r.content)).pixel_array
+    return _decode(r.content, image_id)
+
+
+def _decode(content: bytes, image_id: str) -> np.ndarray:
+    """A returned mask: PNG, or a DICOM image for a DICOM input."""
+    if content[:8] == b"\x89PNG\r\n\x1a\n":
+        return _read_png(io.BytesIO(content))
+    assert content[128:132] == b"DICM", f"{image_id}: neither PNG nor DICOM"
+    return pydicom.dcmread(io.BytesIO(content)).pixel_array
 
 
 def _case(dep: Deployment, name: str) -> Case:
@@ -273,6 +252,7 @@ CASES = [
     "synthetic_dicom",
     "synthetic_png",
     pytest.param("real_png", marks=pytest.mark.realdata),
+    pytest.param("real_jpeg", marks=pytest.mark.realdata),
     pytest.param("real_dicom", marks=pytest.mark.realdata),
 ]
 
@@ -304,6 +284,33 @@ def test_infer_mask_equals_the_bundle_inference_command(server: Deployment, name
     expected = server.reference[name]
     assert expected.shape == case.shape
     assert float((mask == expected).mean()) >= 0.999  # allows a few pixels at the 0.5 threshold
+
+
+def test_the_command_prints_the_model_its_url_and_an_example_request_that_works(server: Deployment) -> None:
+    assert f"as model '{MODEL}'" in server.printed and f"URL: {server.url}" in server.printed
+    assert "the image id is the file name without extension" in server.printed
+    deadline = time.monotonic() + 20  # the command polls /info/ too, then says so
+    while f"ready: {server.url}/infer/{MODEL}" not in server.log.read_text():
+        assert time.monotonic() < deadline, "no 'ready:' line"
+        time.sleep(0.5)
+    example = re.search(r'example: curl -X POST "(?P<url>[^"]+)" -o (?P<out>\S+)', server.printed)
+    assert example, server.printed
+    r = requests.post(example["url"], timeout=INFER_TIMEOUT_S)
+    assert r.status_code == 200, f"HTTP {r.status_code}: {r.text[:2000]}"
+    case = next(c for c in server.cases.values() if f"image={c.image_id}&" in example["url"])
+    assert example["out"] == f"{case.image_id}_seg{'.dcm' if case.path.suffix == '.dcm' else '.png'}"
+    assert _decode(r.content, case.image_id).shape == case.shape
+
+
+def test_an_unknown_image_id_or_model_is_named_in_a_404(server: Deployment) -> None:
+    r = requests.post(f"{server.url}/infer/nosuchmodel", params={"image": "x", "output": "image"}, timeout=60)
+    assert r.status_code == 404 and r.json()["detail"] == f"no model 'nosuchmodel' here: this server serves {MODEL}"
+    r = requests.post(f"{server.url}/infer/{MODEL}", params={"image": "no_such_image", "output": "image"}, timeout=60)
+    assert r.status_code == 404, r.text
+    detail = r.json()["detail"]
+    assert "image id 'no_such_image' is not in the datastore" in detail
+    first = min(c.image_id for c in server.cases.values())
+    assert "the file name without extension, e.g. " + first in detail
 
 
 def _rle_rows(siim: Path) -> dict[str, list[str]]:
