@@ -30,6 +30,8 @@ from pipeline.scales import config_keys
 CORRUPT = "model.pt changed or corrupt since training"
 NOT_TRAINED = "not trained yet"
 MODEL, PRETRAINED = "model.pt", "pretrained.pt"  # what a train.json / a pretrain.json run makes under models/
+# the configs a training reads: evaluation, inference and metadata changes must not make a trained model stale
+TRAINING_CONFIGS = ("train.json", "pretrain.json", "multi_gpu_train.json")
 
 
 @dataclass
@@ -78,10 +80,12 @@ def output_overrides(out: Path) -> dict[str, str]:
 
 
 def fingerprint(step: Step) -> str:
-    """sha256 of the bundle's configs, the overrides and the extra facts (datalist, teachers)."""
+    """sha256 of the bundle's training configs (``TRAINING_CONFIGS``), the overrides and the extra facts
+    (datalist, teachers)."""
     digest = hashlib.sha256()
-    for config in sorted((step.bundle / "configs").glob("*.json")):
-        digest.update(config.name.encode() + config.read_bytes())
+    for name in TRAINING_CONFIGS:
+        if (config := step.bundle / "configs" / name).is_file():
+            digest.update(config.name.encode() + config.read_bytes())
     known = config_keys(step.bundle)
     # an override of a key the bundle does not have changes nothing (e.g. HSSL's multidomain_datalist given
     # to every bundle with --set): it must not make a finished run look stale

@@ -170,6 +170,29 @@ def test_labelled_sampler_off_by_default_and_from_dataset_items() -> None:
     assert isinstance(sampler, PositiveRateSampler) and set(_draws(sampler, 1)) == {0}
 
 
+def test_samples_per_epoch_fixes_the_steps_whatever_the_dataset_size() -> None:
+    """8 labelled items or 80: the same draws per epoch (a step budget), reproducible per (seed, epoch)."""
+    from monai.data import Dataset
+
+    small = Dataset([{"image": str(i), "positive": i % 2 == 0} for i in range(8)])
+    large = Dataset([{"image": str(i), "positive": i % 2 == 0} for i in range(80)])
+    for data in (small, large):
+        rated = labelled_sampler(data, 0.5, samples_per_epoch=64)
+        uniform = labelled_sampler(data, "off", samples_per_epoch=64, seed=3)
+        assert len(rated) == 64 and len(_draws(rated, 2)) == 64 and len(list(uniform)) == 64
+        again = labelled_sampler(data, "off", samples_per_epoch=64, seed=3)
+        assert again is not None and uniform is not None
+        assert _draws(again, 5) == _draws(uniform, 5) != _draws(uniform, 6)
+    assert set(_draws(labelled_sampler(small, "off", samples_per_epoch=64), 1)) == set(range(8))
+    assert len(labelled_sampler(large, 0.5)) == 80  # 0: one pass
+    with pytest.raises(ValueError, match="needs pos_sample_rate under torchrun"):
+        labelled_sampler(small, "off", distributed=True, samples_per_epoch=8)
+    from common.utils.settings import check_settings
+
+    with pytest.raises(SystemExit, match="samples_per_epoch"):
+        check_settings(samples_per_epoch=-1)
+
+
 def test_the_configs_offer_exactly_the_checked_losses() -> None:
     assert tuple(read_json(BASELINE / "configs" / "train.json")["losses"]) == LOSS_NAMES
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from monai.data import DistributedSampler, DistributedWeightedRandomSampler
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 
 def item_positive(item: dict[str, Any]) -> bool | None:
@@ -76,7 +76,8 @@ def class_weights(positive: Sequence[bool | None], rate: float) -> list[float]:
 
 
 class PositiveRateSampler(DistributedWeightedRandomSampler):
-    """Draw (with replacement) ``len(dataset) / ranks`` items per epoch and rank, positives at a scheduled rate.
+    """Draw (with replacement) ``len(dataset) / ranks`` items (or ``samples_per_epoch / ranks``) per epoch and
+    rank, positives at a scheduled rate.
 
     Args:
         dataset: the training dataset; ``positive`` gives its items' flags (:func:`item_positive`).
@@ -86,6 +87,7 @@ class PositiveRateSampler(DistributedWeightedRandomSampler):
         epochs: the training's epochs (the schedule's length).
         seed: the draws' seed (with the epoch and the rank).
         num_replicas, rank: as ``DistributedSampler``; default: the process group's, else 1 and 0.
+        samples_per_epoch: draws per epoch over all ranks; 0: ``len(dataset)``.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class PositiveRateSampler(DistributedWeightedRandomSampler):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
+        samples_per_epoch: int = 0,
     ) -> None:
         if len(positive) != len(dataset):  # type: ignore[arg-type]
             raise ValueError(f"positive has {len(positive)} flags for a dataset of {len(dataset)} items")  # type: ignore[arg-type]
@@ -105,6 +108,7 @@ class PositiveRateSampler(DistributedWeightedRandomSampler):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         distributed = dist.is_available() and dist.is_initialized()
+        replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
         super().__init__(
             dataset,
             weights=class_weights(positive, rate),
@@ -114,6 +118,7 @@ class PositiveRateSampler(DistributedWeightedRandomSampler):
             rank=rank if rank is not None else (None if distributed else 0),
             shuffle=True,
             seed=seed,
+            num_samples_per_rank=-(-samples_per_epoch // replicas) if samples_per_epoch else None,
         )
         self.positive, self.rate, self.final_rate, self.epochs = list(positive), rate, final_rate, epochs
         self.set_epoch(1)
@@ -137,17 +142,46 @@ def labelled_sampler(
     epochs: int = 1,
     seed: int = 0,
     distributed: bool = False,
-) -> DistributedSampler | None:
+    samples_per_epoch: int = 0,
+) -> Sampler | None:
     """The training loader's sampler: a :class:`PositiveRateSampler` when ``rate`` is set (not off: ``OFF``);
     else, under ``torchrun`` (``distributed``), MONAI's shuffling ``DistributedSampler``; else None (the loader
-    shuffles)."""
+    shuffles).
+
+    ``samples_per_epoch`` (> 0): that many draws per epoch whatever the dataset's size, so that runs with 8 or
+    80 labelled images (or the student's labelled + unlabelled items) take the same number of steps; without a
+    rate they are uniform draws (:class:`EpochRandomSampler`). Not with
+    ``distributed`` and no rate (MONAI's ``DistributedSampler`` draws each item once)."""
     rate, final_rate = rate_setting(rate), rate_setting(final_rate)
+    samples = samples_setting(samples_per_epoch)
     if rate is not None:
         data = getattr(dataset, "data", None)
         if data is None:
             raise TypeError("pos_sample_rate needs a dataset with its datalist items in .data (a MONAI Dataset)")
         positive = [item_positive(item) for item in data]
-        return PositiveRateSampler(dataset, positive, rate, final_rate, epochs, seed)
+        return PositiveRateSampler(dataset, positive, rate, final_rate, epochs, seed, samples_per_epoch=samples)
     if distributed:
+        if samples:
+            raise ValueError("samples_per_epoch needs pos_sample_rate under torchrun (or samples_per_epoch 0)")
         return DistributedSampler(dataset, even_divisible=True, shuffle=True)
+    if samples:
+        return EpochRandomSampler(dataset, samples, seed)
     return None
+
+
+def samples_setting(value: int | str | None) -> int:
+    """``samples_per_epoch`` as a count: 0 (or ``OFF``/``"all"``) means one pass over the dataset."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in (*OFF, "all")):
+        return 0
+    count = int(value)
+    if count < 0:
+        raise ValueError(f"samples_per_epoch must be >= 0 (0: the dataset's size), got {value}")
+    return count
+
+
+class EpochRandomSampler(PositiveRateSampler):
+    """``num_samples`` uniform draws (with replacement) per epoch, seeded by (seed, epoch): a
+    :class:`PositiveRateSampler` that treats every item as unlabelled (no class to favour)."""
+
+    def __init__(self, dataset: Dataset, num_samples: int, seed: int = 0) -> None:
+        super().__init__(dataset, [None] * len(dataset), 0.0, seed=seed, samples_per_epoch=num_samples)  # type: ignore[arg-type]

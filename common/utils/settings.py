@@ -203,6 +203,11 @@ def _pool_size(name: str, value: Any) -> int | str:
     return value if value == ALL else whole_number(name, value, 0)
 
 
+def _samples_per_epoch(name: str, value: Any) -> int:
+    """0 (one pass over the training items) or a number of draws per epoch."""
+    return whole_number(name, value, 0)
+
+
 def _aux_images(name: str, value: Any) -> str:
     from common.data.pool import AUX_IMAGES
 
@@ -233,6 +238,7 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "loss_name": lambda n, v: one_of(n, v, LOSS_NAMES),
     "pos_sample_rate": optional_rate,
     "pos_sample_rate_final": optional_rate,
+    "samples_per_epoch": _samples_per_epoch,
     "batch_size": lambda n, v: whole_number(n, v, 1),
     "num_workers": lambda n, v: whole_number(n, v, 0),
     "learning_rate": lambda n, v: real_number(n, v, 0, low_open=True),
