@@ -1,12 +1,15 @@
 """Throughput measurements (``scripts/benchmark.py``): the baseline bundle's trainer against a minimal
 hand-written loop (``bench``: images/s, data wait, other load), every joint bundle's step against the
-baseline's (``stage1_table``), distillation epochs with cached and online soft targets (``distill_table``).
+baseline's (``stage1_table``), distillation epochs with cached and online soft targets (``distill_table``),
+inference with torch eager vs TorchScript (``model.ts``) vs onnxruntime (``model.onnx``) (``inference_table``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -19,7 +22,7 @@ import torch
 
 from common.data.demo import make_demo_siim
 from common.utils.io import file_sha256
-from pipeline.paths import BUNDLES
+from pipeline.paths import BUNDLES, portable_path
 
 TRAIN_CONFIG = BUNDLES / "baseline" / "configs" / "train.json"
 
@@ -324,6 +327,98 @@ def stage1_table(setting: BenchSetting) -> None:
     print("target: joint step <= 1.6x the baseline step")
 
 
+INFERENCE_IMAGES = 8
+
+
+def _speed_bundle(root: Path) -> Path:
+    """The baseline's configs with seeded random weights in ``root/baseline`` (speed, not quality, is measured)."""
+    from common.deploy.onnx_export import bundle_parser
+
+    bundle = root / "baseline"
+    shutil.copytree(BUNDLES / "baseline" / "configs", bundle / "configs")
+    (bundle / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(bundle_parser(bundle).get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+    return bundle
+
+
+def _exported(bundle: Path) -> tuple[torch.nn.Module, torch.nn.Module, Path]:
+    """The bundle's network in torch eager, as TorchScript from ``ckpt_export`` and the ``model.onnx`` path: the
+    files ``scripts/export_bundle.py --onnx`` ships."""
+    from common.deploy.onnx_export import torch_network, write_onnx
+    from common.deploy.zoo import export_torchscript
+
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    exporters = logging.getLogger("monai.bundle.scripts")  # their input summaries would bury the table
+    level = exporters.level
+    exporters.setLevel(logging.WARNING)
+    try:
+        scripted = torch.jit.load(str(export_torchscript(bundle, meta))).eval()
+        onnx_file = write_onnx(bundle, bundle / "models" / "model.onnx")
+    finally:
+        exporters.setLevel(level)
+    return torch_network(bundle), scripted, onnx_file
+
+
+def _inference_images(dataset_dir: Path, bundle: Path, size: int) -> list[torch.Tensor]:
+    """The first ``INFERENCE_IMAGES`` images of ``dataset_dir`` through the bundle's preprocessing at ``size``."""
+    from common.data.imaging import list_images
+    from common.deploy.onnx_export import bundle_parser
+
+    preprocessing = bundle_parser(bundle, image_size=size).get_parsed_content("preprocessing")
+    return [preprocessing(item)["image"].as_tensor()[None] for item in list_images(dataset_dir)[:INFERENCE_IMAGES]]
+
+
+def time_inference(runtimes: dict[str, Any], images: list[torch.Tensor], repeats: int) -> dict[str, float]:
+    """Median seconds per image of each runtime, batch 1; two warm-up images each, then ``repeats`` passes over
+    ``images`` with the runtimes interleaved per pass (each sees the same machine state)."""
+    passes: dict[str, list[float]] = {name: [] for name in runtimes}
+    with torch.inference_mode():
+        for network in runtimes.values():
+            for x in images[:2]:
+                network(x)
+        for _ in range(repeats):
+            for name, network in runtimes.items():
+                t0 = time.perf_counter()
+                for x in images:
+                    network(x)
+                passes[name].append((time.perf_counter() - t0) / len(images))
+    return {name: statistics.median(times) for name, times in passes.items()}
+
+
+def inference_table(setting: BenchSetting) -> None:
+    """Inference speed of torch eager vs TorchScript vs onnxruntime (CPU provider), batch 1 as
+    ``configs/inference.json``, at ``setting.image_size`` and the installed baseline model's image size, on the
+    same images, with 1 thread and with torch's default thread count (the same count for all three)."""
+    from common.deploy.onnx_runtime import OnnxNetwork
+    from common.utils.metrics import trained_setting
+
+    trained = int(trained_setting(BUNDLES / "baseline" / "models" / "model.pt", "image_size", 256))
+    default_threads = torch.get_num_threads()
+    shown = portable_path(setting.dataset_dir)
+    print(f"\ninference, batch 1 (configs/inference.json), {INFERENCE_IMAGES} images of {shown},")
+    print(f"median of {setting.repeats} passes after warm-up; threads: the same for torch and onnxruntime")
+    print(f"{'threads':>7} {'size':>5} {'runtime':<24} {'ms/image':>8} {'img/s':>7} {'vs eager':>8} {'other load':>10}")
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = _speed_bundle(Path(tmp))
+        eager, scripted, onnx_file = _exported(bundle)
+        for threads in sorted({1, default_threads}):
+            torch.set_num_threads(threads)
+            onnx = OnnxNetwork(onnx_file, threads=threads)
+            runtimes = {"torch eager": eager, "TorchScript (model.ts)": scripted, "onnxruntime CPU": onnx}
+            for size in sorted({setting.image_size, trained}):
+                images = _inference_images(setting.dataset_dir, bundle, size)
+                meter = LoadMeter().start()
+                seconds = time_inference(runtimes, images, setting.repeats)
+                other = meter.other_cores()
+                flag = "  (busy machine: repeat)" if other > 0.2 else ""
+                for name, s in seconds.items():
+                    row = f"{threads:>7} {size:>5} {name:<24} {s * 1000:>8.1f} {1 / s:>7.1f}"
+                    print(f"{row} {seconds['torch eager'] / s:>7.2f}x {other:>9.2f}c{flag}")
+    torch.set_num_threads(default_threads)
+    print(f"(size {trained}: the installed baseline model's training size; 'other load' = cores used by others)")
+
+
 def run_benchmark(
     dataset_dir: Path,
     image_size: int = 256,
@@ -335,15 +430,16 @@ def run_benchmark(
     teachers: int = 5,
     only: str | None = None,
 ) -> int:
-    """Measure the trainer against the hand loop per DataLoader worker count (``only``: just the ``stage1``
-    or ``distill`` table), then the optional tables; print them. Generates the demo data when missing."""
+    """Measure the trainer against the hand loop per DataLoader worker count (``only``: just the ``stage1``,
+    ``distill`` or ``inference`` table), then the optional tables; print them. Generates the demo data when
+    missing."""
     setting = BenchSetting(Path(dataset_dir), image_size, batch_size, repeats, teachers)
     if not (setting.dataset_dir / "train-rle.csv").is_file():
         print(f"{setting.dataset_dir} missing: generating the demo data there")
         make_demo_siim(setting.dataset_dir)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     if only:
-        (stage1_table if only == "stage1" else distill_table)(setting)
+        {"stage1": stage1_table, "distill": distill_table, "inference": inference_table}[only](setting)
         return 0
     size = f"{setting.image_size}x{setting.image_size}"
     print(f"baseline trainer, {size}, batch {setting.batch_size}, data {setting.dataset_dir}")

@@ -7,7 +7,9 @@ the hardware allows), teacher selection (``common.distill.selection``), distilla
 the plain teacher ensemble evaluated on the held-out test split and on each external test set. With an
 unlabelled pool, the ``*_pretrain`` variants pre-train on the pool alone, once per seed, in a fingerprinted
 store (``<out>/pretrained/seed<S>/<bundle>``, or ``pretrain_store``) that every labelled subset and fold of
-the seed reuses.
+the seed reuses. Before testing, every model's post-processing (threshold, minimum area, lower threshold, flip
+TTA) is tuned on the validation split by the same grid (``configs/tune.json``); each model is tested with the
+default and with its tuned post-processing (``test`` and ``test_tuned``).
 Everything is written under the run folder (bundles stay untouched: their ``ckpt_dir``/``log_dir``/
 ``output_dir`` are overridden), ending with ``report.md``, figures and ``results.json``
 (``pipeline.report``). Resuming: ``pipeline.steps``; hardware: ``pipeline.runner``. A dry
@@ -34,7 +36,17 @@ from pipeline.paths import portable_command, portable_path, publish
 from pipeline.report import write_report
 from pipeline.runner import Runner, StepError
 from pipeline.setting import RunSetting
-from pipeline.steps import Step, evaluate_step, plan_evaluation, plan_training, teachers_stamp, train_step
+from pipeline.steps import (
+    TUNED,
+    Step,
+    evaluate_step,
+    plan_evaluation,
+    plan_training,
+    plan_tuning,
+    teachers_stamp,
+    train_step,
+    tune_step,
+)
 
 
 def stage1_names(tasks: Sequence[str], skip: Sequence[str]) -> list[str]:
@@ -160,8 +172,13 @@ def run_split(protocol: Protocol, seed: int, fold: int | None, runner: Runner) -
     distill = protocol.distill(seed_dir, data, datalist_sha, teachers)
     print(f"{tag} stage 2: distill: {train_step(runner, distill, setting.force)}")
     models = {**steps, "distill": distill}
-    print(f"{tag} test evaluation")
+    print(f"{tag} post-processing tuned on validation (every model alike)")
+    runner.run_all({f"{tag}   {s.name}": partial(tune_step, runner, s) for s in models.values()})
+    print(f"{tag} test evaluation (default post-processing, then the tuned one)")
     evaluations = {f"{tag}   {s.name}": partial(evaluate_step, runner, s) for s in models.values()}
+    evaluations.update(
+        {f"{tag}   {s.name} tuned": partial(evaluate_step, runner, s, False, TUNED) for s in models.values()}
+    )
     evaluations[f"{tag}   distill ensemble"] = partial(evaluate_step, runner, distill, True)
     for name, folder in protocol.external.items():
         ext = setting.external_data(name, folder)
@@ -228,11 +245,23 @@ def plan_split(protocol: Protocol, seed: int, fold: int | None = None) -> None:
         label = plans["distill"].label
     print(f"{tag} stage 2: distill: {label}")
 
+    print(f"{tag} post-processing tuned on validation")
+    for name, step in [*steps.items(), ("distill", distill)]:
+        plan = plans.get(name)
+        word, why = (
+            ("would-tune", "after training")
+            if step is None or plan is None or plan.action != "current"
+            else plan_tuning(step)
+        )
+        print(f"{tag}   {name}: {word} ({why})")
     print(f"{tag} test evaluation")
     evaluations = [(n, s, False) for n, s in steps.items()]
     evaluations += [("distill", distill, False), ("distill ensemble", distill, True)]
-    for section, where in [("test", ""), *((f"external_{n}", f" on {n}") for n in protocol.external)]:
+    sections = [("test", ""), (TUNED, " tuned"), *((f"external_{n}", f" on {n}") for n in protocol.external)]
+    for section, where in sections:
         for name, step, ensemble in evaluations:
+            if ensemble and section == TUNED:
+                continue  # the ensemble is evaluated with the default post-processing only
             plan = plans.get(name.split()[0])
             if step is None or plan is None or plan.action != "current":
                 word, why = "would-evaluate", "after training"
@@ -256,6 +285,7 @@ def run_protocol(
     force: bool = False,
     dry_run: bool = False,
     no_retrain: bool = False,
+    tracking: bool = False,
     publish_to: str | Path | None = None,
     label: str | None = None,
     install_seed: int | None = None,
@@ -270,7 +300,8 @@ def run_protocol(
     """Run the protocol for every seed, write the report (and with ``publish_to`` the summary the bundle
     READMEs show, named ``label``, with the command ``scripts/run_pipeline.py <argv>``); print the table.
     ``install_seed``: then install that seed's models into the bundles (``pipeline.install``). ``dry_run``:
-    print the plan only (nothing written); ``no_retrain``: stop instead of replacing a completed model.
+    print the plan only (nothing written); ``no_retrain``: stop instead of replacing a completed model;
+    ``tracking``: every bundle command tracked with MLflow in ``<out>/mlruns`` (``pipeline.tracking``).
     ``folds``: stratified k-fold (each image tested once per seed) instead of one 70/15/15 split;
     ``labelled_count``: that many labelled training images instead of ``labelled_fraction``;
     ``unlabelled_dirs``/``pool_size``: the unlabelled pool; ``external``: name -> folder of an external test set;
@@ -300,7 +331,8 @@ def run_protocol(
                 plan_split(protocol, seed, fold)
             print(f"dry run: nothing was trained, evaluated or written (run folder {setting.out})")
             return 0
-        runner = Runner(jobs, nproc_per_bundle, setting.out / "logs", no_retrain=no_retrain)
+        tracking_dir = setting.out if tracking else None
+        runner = Runner(jobs, nproc_per_bundle, setting.out / "logs", no_retrain=no_retrain, tracking_dir=tracking_dir)
         seed_runs = [run_split(protocol, seed, fold, runner) for seed, fold in protocol.splits(seeds)]
         settings = {
             "dataset_dir": setting.shown["dataset_dir"],

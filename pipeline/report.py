@@ -22,6 +22,7 @@ from common.utils.metrics import BLANK_POSITIVE_DICE, RunMetrics
 from pipeline.paths import BUNDLES
 
 METRICS = ("dice", "dice_positive", "iou", "dice_hmean")
+TUNED_METRICS = ("dice", "dice_positive")  # the columns of the test with post-processing tuned on validation
 EXTERNAL_METRICS = ("dice", "dice_positive")  # the columns of each external test set
 # BLANK_POSITIVE_DICE: a model whose positive-only test Dice is below it finds (almost) no lesion: "blank". Its
 # competition Dice then comes from the negative images alone, so the table says so next to its name.
@@ -45,9 +46,19 @@ def collect(seeds: Sequence[dict[str, Any]], external: Sequence[str] = ()) -> di
     """Per row, per run key: validation, test and external-test metrics, learning curve, source folder."""
     rows: dict[str, dict[str, dict[str, Any]]] = {}
 
-    def put(row: str, key: str, val: dict | None, test: dict | None, history: list | None, src: str, ext: dict) -> None:
+    def put(
+        row: str,
+        key: str,
+        val: dict | None,
+        test: dict | None,
+        history: list | None,
+        src: str,
+        ext: dict,
+        tuned: dict | None = None,
+    ) -> None:
         rows.setdefault(row, {})[key] = {
             "val": val or {}, "test": test or {}, "history": history or [], "dir": src, "external": ext,
+            "test_tuned": tuned or {},
         }  # fmt: skip
 
     for run in seeds:
@@ -55,7 +66,8 @@ def collect(seeds: Sequence[dict[str, Any]], external: Sequence[str] = ()) -> di
         for name, folder in run["models"].items():
             m = _metrics_of(folder)
             row = "student (distill)" if name == "distill" else name
-            put(row, seed, m.validation, m.evaluation("test"), m.history, folder, _external(m, external))
+            tuned = {**m.evaluation("test_tuned"), "setting": m.section("postprocessing")}
+            put(row, seed, m.validation, m.evaluation("test"), m.history, folder, _external(m, external), tuned)
             if name == "distill":
                 ext = _external(m, external, ensemble=True)
                 put("teacher ensemble", seed, None, m.evaluation("test", ensemble=True), None, folder, ext)
@@ -85,6 +97,8 @@ def summarise(rows: dict[str, dict[str, dict[str, Any]]], external: Sequence[str
     for row, per_seed in rows.items():
         entry = {f"test_{k}": stats([s["test"].get(k) for s in per_seed.values()]) for k in METRICS}
         entry.update({f"val_{k}": stats([s["val"].get(k) for s in per_seed.values()]) for k in METRICS})
+        tuned = [s.get("test_tuned") or {} for s in per_seed.values()]
+        entry.update({f"test_tuned_{k}": stats([t.get(k) for t in tuned]) for k in TUNED_METRICS})
         for name in external:
             runs = [s.get("external", {}).get(name, {}) for s in per_seed.values()]
             entry.update({f"external_{name}_{k}": stats([r.get(k) for r in runs]) for k in EXTERNAL_METRICS})
@@ -108,8 +122,9 @@ def results_table(summary: dict[str, dict[str, Any]], external: Sequence[str] = 
     then Dice and positive-only Dice on each external test set)."""
     extra = "".join(f" {name} dice | {name} dice (positive) |" for name in external)
     lines = [
-        "| model | test dice | test dice (positive) | test IoU | val dice | val dice_hmean |" + extra,
-        "|---|---|---|---|---|---|" + "---|" * (2 * len(external)),
+        "| model | test dice | test dice (positive) | tuned: test dice | tuned: test dice (positive) | test IoU "
+        "| val dice | val dice_hmean |" + extra,
+        "|---|---|---|---|---|---|---|---|" + "---|" * (2 * len(external)),
     ]
     for row, s in summary.items():
         name = row
@@ -118,7 +133,8 @@ def results_table(summary: dict[str, dict[str, Any]], external: Sequence[str] = 
         if s.get("blank_seeds"):
             name += f" **blank** ({len(s['blank_seeds'])}/{s['test_dice_positive']['n']} runs)"
         lines.append(
-            f"| {name} | {_fmt(s['test_dice'])} | {_fmt(s['test_dice_positive'])} | {_fmt(s['test_iou'])} | "
+            f"| {name} | {_fmt(s['test_dice'])} | {_fmt(s['test_dice_positive'])} | "
+            f"{_fmt(s['test_tuned_dice'])} | {_fmt(s['test_tuned_dice_positive'])} | {_fmt(s['test_iou'])} | "
             f"{_fmt(s['val_dice'])} | {_fmt(s['val_dice_hmean'])} |"
             + "".join(f" {_fmt(s[f'external_{n}_{k}'])} |" for n in external for k in EXTERNAL_METRICS)
         )
@@ -338,7 +354,9 @@ def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str,
         "the validation score `dice_hmean` (the mode chosen per run in brackets); a variant blank on validation is",
         "never a teacher (listed below the table); `mean_teacher` is a semi-supervised competitor, not a teacher.",
         f"**blank**: positive-only test Dice below {BLANK_POSITIVE_DICE} (in that many runs): the model finds no",
-        "lesion; its Dice comes from the negatives.",
+        "lesion; its Dice comes from the negatives. `tuned`: the same test images with each model's post-processing",
+        "(threshold, minimum area, lower threshold, flip TTA) chosen on its validation split by one grid for every",
+        "model (`configs/tune.json`); the other columns use the defaults (0.5, the bundle's minimum area, no TTA).",
         "",
         table,
         "",

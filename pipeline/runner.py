@@ -2,7 +2,8 @@
 
 Hardware: ``jobs`` bundles at once (default: one per GPU; without a GPU one per CPU core, at most 6);
 each job sees one GPU (CUDA_VISIBLE_DEVICES) or its share of the CPU threads. ``nproc > 1`` instead
-trains each bundle with ``torchrun --nproc_per_node=nproc`` and its ``multi_gpu_train.json``.
+trains each bundle with ``torchrun --nproc_per_node=nproc`` and its ``multi_gpu_train.json``. With
+``tracking_dir`` every bundle command is tracked with MLflow in that run folder's store (``pipeline.tracking``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.paths import REPO
+from pipeline.tracking import bundle_arguments, prepare
 
 
 def _cli(overrides: dict[str, Any]) -> list[str]:
@@ -56,13 +58,22 @@ class Runner:
     """Runs bundle commands (as subprocesses), with logs under the run folder and device assignment.
 
     ``dry_run``: the steps only say what they would do (nothing is run or written); ``no_retrain``: a step
-    that would replace a completed model stops the run instead (``pipeline.steps``)."""
+    that would replace a completed model stops the run instead (``pipeline.steps``); ``tracking_dir``: the run
+    folder whose MLflow store tracks every bundle command, one MLflow run per command named as its log."""
 
     def __init__(
-        self, jobs: int | None, nproc: int, log_dir: Path, dry_run: bool = False, no_retrain: bool = False
+        self,
+        jobs: int | None,
+        nproc: int,
+        log_dir: Path,
+        dry_run: bool = False,
+        no_retrain: bool = False,
+        tracking_dir: Path | None = None,
     ) -> None:
         self.jobs, self.nproc, self.log_dir, self.dry_run = jobs or default_jobs(), nproc, log_dir, dry_run
-        self.no_retrain = no_retrain
+        self.no_retrain, self.tracking_dir = no_retrain, tracking_dir
+        if self.tracking_dir is not None and not dry_run:
+            prepare(self.tracking_dir)  # the store and experiment, before bundles run side by side
         self.gpus = _gpu_count()
         self._free_devices = list(range(self.gpus)) if self.gpus > 1 and self.jobs > 1 else []
         self._lock = threading.Lock()
@@ -85,6 +96,8 @@ class Runner:
             launcher = [sys.executable, "-m"]
         config_arg = str(configs[0]) if len(configs) == 1 else repr([str(c) for c in configs])
         cmd = [*launcher, "monai.bundle", "run", "--config_file", config_arg, *_cli(overrides)]
+        if self.tracking_dir is not None:  # not an override: never part of a step's fingerprint
+            cmd += bundle_arguments(self.tracking_dir, log_name, self.log_dir / f"{log_name}.config.json")
         if self.dry_run:  # (writes nothing, not even the log folder)
             print("  " + " ".join(cmd))
             return

@@ -268,11 +268,60 @@ def teachers_stamp(teachers: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps([t["sha256"] for t in teachers]).encode()).hexdigest()
 
 
+TUNED = "test_tuned"  # the test evaluation with the post-processing tuned on validation (configs/tune.json)
+
+
+def tuned_stamp(step: Step) -> str | None:
+    """What a tuned evaluation is of: the model and its tuned post-processing (None before tuning)."""
+    tuned = step.metrics.section("postprocessing")
+    model_sha = file_sha256(step.model_file)
+    if tuned.get("source_sha256") != model_sha:
+        return None
+    return model_sha + ":" + hashlib.sha256(json.dumps(tuned, sort_keys=True).encode()).hexdigest()
+
+
+def plan_tuning(step: Step) -> tuple[str, str]:
+    """(``current`` or ``would-tune``, why) for the post-processing tuning of a trained ``step``."""
+    problem = model_problem(step.out / "models")
+    if problem:
+        return "would-tune", f"after training ({problem})"
+    if tuned_stamp(step) is not None:
+        return "current", "tuned on validation for this model"
+    return "would-tune", "not tuned for this model yet"
+
+
+def tune_step(runner: Runner, step: Step) -> str:
+    """Tune the model's post-processing on the validation split (``configs/tune.json``: threshold, minimum
+    area, lower threshold, flip TTA; written into its metrics.json) unless already done for this model."""
+    problem = model_problem(step.out / "models")
+    if problem:
+        raise StepError(f"{step.out.parent.name}/{step.name}: {problem} ({step.model_file}); rerun to retrain it")
+    if tuned_stamp(step) is not None:
+        return "current"
+    configs = [step.bundle / "configs" / c for c in ("train.json", "evaluate.json", "tune.json")]
+    overrides = {**step.overrides, "eval_split": "validation"}
+    runner.bundle(configs, overrides, f"{step.out.parent.name}-{step.name}-tune")
+    if tuned_stamp(step) is None:
+        raise StepError(
+            f"{step.out.parent.name}/{step.name}: tuning wrote no postprocessing section ({step.metrics_file})"
+        )
+    tuned = step.metrics.section("postprocessing")
+    return f"tuned (validation dice {tuned['validation_dice_default']:.3f} -> {tuned['validation_dice_tuned']:.3f})"
+
+
+def _evaluation_stamp(step: Step, ensemble: bool, name: str) -> str | None:
+    """What an evaluation is of: the ensemble's teachers, the model file, or (``TUNED``) the model with its
+    tuned post-processing; None when there is nothing to evaluate yet."""
+    if ensemble:
+        return teachers_stamp(json.loads(Path(step.overrides["teachers_file"]).read_text())["teachers"])
+    return tuned_stamp(step) if name == TUNED else file_sha256(step.model_file)
+
+
 def plan_evaluation(
     step: Step, ensemble: bool = False, stamp: str | None = None, name: str = "test"
 ) -> tuple[str, str]:
     """(``current`` or ``would-evaluate``, why) for a trained ``step``; ``stamp``: the ensemble's teachers;
-    ``name``: the evaluation (``test``, or ``external_<NAME>``)."""
+    ``name``: the evaluation (``test``, ``test_tuned`` or ``external_<NAME>``)."""
     if ensemble:
         if stamp is None:
             return "would-evaluate", "the teachers are selected first"
@@ -280,7 +329,9 @@ def plan_evaluation(
         problem = model_problem(step.out / "models")
         if problem:
             return "would-evaluate", f"after training ({problem})"
-        stamp = file_sha256(step.model_file)
+        stamp = _evaluation_stamp(step, False, name)
+        if stamp is None:
+            return "would-evaluate", "after tuning the post-processing on validation"
     recorded = step.metrics.evaluation(name, ensemble).get("source_sha256")
     if recorded == stamp:
         return "current", f"evaluated on {name} with this model"
@@ -293,14 +344,16 @@ def evaluate_step(
     """Evaluate the step's model (or the teacher ensemble) on the test split unless already done.
 
     ``name``/``data``: another evaluation, e.g. ``external_<NAME>`` with the data overrides of an external
-    test set (its datalist's ``test`` split); recorded in metrics.json under ``name`` (``ensemble_<name>``)."""
-    if ensemble:
-        stamp = teachers_stamp(json.loads(Path(step.overrides["teachers_file"]).read_text())["teachers"])
-    else:  # never a model that is not the file training saved
+    test set (its datalist's ``test`` split); recorded in metrics.json under ``name`` (``ensemble_<name>``).
+    Every evaluation uses the default post-processing except ``test_tuned`` (``TUNED``): the test split with
+    the post-processing tuned on validation (``tune_step`` first)."""
+    if not ensemble:  # never a model that is not the file training saved
         problem = model_problem(step.out / "models")
         if problem:
             raise StepError(f"{step.out.parent.name}/{step.name}: {problem} ({step.model_file}); rerun to retrain it")
-        stamp = file_sha256(step.model_file)
+    stamp = _evaluation_stamp(step, ensemble, name)
+    if stamp is None:
+        raise StepError(f"{step.out.parent.name}/{step.name}: {name} needs the post-processing tuned first")
     if step.metrics.evaluation(name, ensemble).get("source_sha256") == stamp:
         return "current"
     configs = [step.bundle / "configs" / c for c in ("train.json", "evaluate.json")]
@@ -308,6 +361,8 @@ def evaluate_step(
         configs.append(step.bundle / "configs" / "evaluate_ensemble.json")
     section = f"ensemble_{name}" if ensemble else name
     overrides = {**step.overrides, **(data or {}), "eval_split": "test", "eval_name": name}
+    if not ensemble:
+        overrides["use_tuned"] = name == TUNED
     runner.bundle(configs, overrides, f"{step.out.parent.name}-{step.name}-{section}")
     update_metrics_file(step.metrics_file, **{section: {**step.metrics.section(section), "source_sha256": stamp}})
     return "evaluated"

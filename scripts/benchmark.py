@@ -13,6 +13,12 @@ The measurements: ``pipeline/benchmark.py``.
 
     python scripts/benchmark.py --image-size 256 --batch-size 8 --workers 0 1 2
     python scripts/benchmark.py --only distill   # distillation epoch: cached vs online vs baseline
+    python scripts/benchmark.py --only inference --repeats 5   # torch eager vs TorchScript vs onnxruntime
+
+``--only inference`` times the baseline network (seeded random weights: speed, not quality) per image,
+batch 1 as ``configs/inference.json``, at ``--image-size`` and at the installed baseline model's image
+size: torch eager, the TorchScript ``model.ts`` and onnxruntime's CPU provider on ``model.onnx`` (both as
+``scripts/export_bundle.py --onnx`` makes them), the same images and thread count for all three.
 """
 
 from __future__ import annotations
@@ -32,13 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts to measure")
-    parser.add_argument("--repeats", type=int, default=4, help="measured epochs (after one warm-up epoch)")
+    parser.add_argument(
+        "--repeats", type=int, default=4, help="measured epochs (after one warm-up epoch); inference: passes"
+    )
     parser.add_argument(
         "--stage1", action="store_true", help="also time every joint bundle's step against the baseline"
     )
     parser.add_argument("--distill", action="store_true", help="also time distillation epochs (cached, online)")
     parser.add_argument("--teachers", type=int, default=5, help="teachers in the distillation benchmark")
-    parser.add_argument("--only", choices=["stage1", "distill"], help="run only that table")
+    parser.add_argument("--only", choices=["stage1", "distill", "inference"], help="run only that table")
     return run_benchmark(**vars(parser.parse_args(argv)))
 
 

@@ -37,6 +37,10 @@ per CPU core, at most 6); each job sees one GPU (CUDA_VISIBLE_DEVICES) or its sh
 threads. ``--nproc-per-bundle K`` instead trains each bundle with
 ``torchrun --nproc_per_node=K`` and its ``multi_gpu_train.json`` (one bundle at a time, all K GPUs).
 The protocol itself: ``pipeline/protocol.py``.
+
+Tracking: ``--tracking mlflow`` tracks every bundle command (an MLflow run per training or evaluation, named
+as its log) and then the report (run ``report``: settings, headline metrics, report.md, results.json,
+figures) in the run folder's local MLflow store ``<out>/mlruns`` (``pipeline/tracking.py``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from common.ssl import list_tasks
 from pipeline.cli import add_run_arguments, parse_run_arguments
 from pipeline.paths import REPO
 from pipeline.protocol import run_protocol
+from pipeline.tracking import log_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,9 +103,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SEED",
         help="then install this seed's models into bundles/*/models (as scripts/install_run.py does)",
     )
+    parser.add_argument(
+        "--tracking",
+        choices=["mlflow"],
+        help="track every bundle command and the report with MLflow in <out>/mlruns (local file store, no server)",
+    )
     arguments = parse_run_arguments(parser, argv)
     arguments["external"] = external_tests(parser, arguments["external"])
-    return run_protocol(**arguments, argv=sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    arguments["tracking"] = bool(arguments["tracking"]) and not arguments["dry_run"]
+    status = run_protocol(**arguments, argv=argv)
+    if arguments["tracking"]:
+        out = arguments["out"]
+        print(f"mlflow: the report is run {log_report(out, argv)} in {out / 'mlruns'}")
+    return status
 
 
 def external_tests(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Path]:

@@ -42,10 +42,13 @@ def test_pipeline_end_to_end_then_resumes_without_training(
     ]  # fmt: skip
     assert run_pipeline(args) == 0
     first = capsys.readouterr().out
+    grids: dict = {}
     for name in ("baseline", "rotation_joint", "rotation_pretrain", "hssl_pretrain", "mean_teacher", "distill"):
         assert f"{name}: trained" in first
         metrics = json.loads((out / "seed0" / name / "models" / "metrics.json").read_text())
-        assert metrics["training"]["status"] == "complete" and "test" in metrics
+        assert metrics["training"]["status"] == "complete" and "test" in metrics and "test_tuned" in metrics
+        tuned = metrics["postprocessing"]  # one tuning protocol for every model, the student's included
+        assert tuned["tuned_on"] == "validation" and tuned["grid"] == grids.setdefault("grid", tuned["grid"])
     results = json.loads((out / "results.json").read_text())
     summary = results["summary"]
     rows = {"baseline", "teacher rotation", "teacher hssl", "mean_teacher", "teacher ensemble", "student (distill)"}
@@ -58,13 +61,16 @@ def test_pipeline_end_to_end_then_resumes_without_training(
     for row in ("baseline", "mean_teacher", "student (distill)", "teacher ensemble"):
         assert f"| {row}" in report
         assert f"{summary[row]['test_dice']['mean']:.3f}" in report  # the report shows results.json's numbers
+        if row != "teacher ensemble":
+            assert f"| {summary[row]['test_tuned_dice']['mean']:.3f} |" in report
     for figure in ("test_dice.png", "curves.png", "overlays.png"):
         assert (out / figure).stat().st_size > 1000 and f"({figure})" in report
 
     assert run_pipeline(args) == 0  # everything current: nothing retrained or re-evaluated
     second = capsys.readouterr().out
     assert "trained" not in second.replace("untrained", "") and "evaluated" not in second
-    assert second.count(": current") == 6 + 7  # six trainings, seven evaluations (with the ensemble)
+    # six trainings, six tunings, seven evaluations (with the ensemble) and six with the tuned post-processing
+    assert second.count(": current") == 6 + 6 + 7 + 6
 
 
 @pytest.mark.slow

@@ -145,16 +145,32 @@ class EmptySmallMaskd(MapTransform):
     The SIIM-ACR rule scores an empty-truth image 0 for a single false-positive pixel, so the
     usual post-processing drops tiny predictions as a whole. MONAI's RemoveSmallObjectsd works per
     connected component and needs scikit-image; this is the whole-mask rule, for (C, H, W) masks.
+
+    With ``score_key``/``score_threshold`` the area is counted on another item instead: the pixels of the
+    probabilities ``score_key`` above ``score_threshold``. That is the SIIM-ACR winners' "triplet": a mask
+    (thresholded lower, e.g. by ``AsDiscreted``) is kept only when enough pixels are confidently lesion.
     """
 
-    def __init__(self, keys: KeysCollection = "pred", min_area_fraction: float = 0.0) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        min_area_fraction: float = 0.0,
+        score_key: str | None = None,
+        score_threshold: float = 0.5,
+    ) -> None:
         super().__init__(keys)
-        self.min_area_fraction = min_area_fraction
+        self.min_area_fraction, self.score_key, self.score_threshold = min_area_fraction, score_key, score_threshold
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         if self.min_area_fraction <= 0:
             return d
+        for key in self.key_iterator(d):
+            mask = d[key]
+            counted = mask > 0 if self.score_key is None else d[self.score_key] > self.score_threshold
+            if float(counted.sum()) < self.min_area_fraction * mask.shape[-1] * mask.shape[-2]:
+                d[key] = mask * 0
+        return d
         for key in self.key_iterator(d):
             mask = d[key]
             area = float((mask > 0).sum())

@@ -3,7 +3,8 @@ and safe unpacking of a received zip (``extract_bundle``).
 
 ``export_bundle`` (``scripts/export_bundle.py``) writes ``<out>/<name>_v<version>.zip`` (version from
 ``configs/metadata.json``) unpacking to ``<name>/``: ``configs/``, ``docs/``, ``LICENSE``,
-``models/model.pt`` and ``models/model.ts`` (TorchScript from MONAI's ``ckpt_export``),
+``models/model.pt`` and ``models/model.ts`` (TorchScript from MONAI's ``ckpt_export``), with ``onnx=True``
+also ``models/model.onnx`` and its parity record ``models/model.onnx.json`` (``common.deploy.onnx_export``),
 ``large_files.yml`` (files over the threshold, with sha256 and an empty ``url`` to fill in when the zoo
 hosts them), ``MANIFEST.sha256`` (``sha256sum`` format, paths relative to the bundle folder) and this
 ``common`` package vendored as ``<name>/common``. Nothing else: no cache, logs, eval outputs, other
@@ -242,26 +243,32 @@ def stage_sources(bundle: Path, stage: Path) -> None:
     docs = [f for f in sorted((bundle / "docs").rglob("*")) if f.is_file() and not f.name.startswith(".")]
     metrics = [bundle / "models" / "metrics.json"] if (bundle / "models" / "metrics.json").is_file() else []
     _copy_files([*configs, *docs, bundle / "LICENSE", model, *metrics], bundle, stage)
-    vendored = [f for f in sorted(PACKAGE.rglob("*.py")) if "__pycache__" not in f.parts]
+    # the code and its data files (the MLflow tracking settings, the metadata schema)
+    vendored = [f for f in sorted(PACKAGE.rglob("*")) if f.suffix in (".py", ".json") and "__pycache__" not in f.parts]
     _copy_files(vendored, PACKAGE.parent, stage)
+
+
+def export_args(bundle: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """What MONAI's ``ckpt_export`` and ``onnx_export`` are given alike: ``network_def`` of ``inference.json``
+    with the weights of ``models/model.pt``, traced at the metadata's input shape."""
+    spec = meta["network_data_format"]["inputs"]["image"]
+    return {
+        "net_id": "network_def",
+        "ckpt_file": str(bundle / "models" / "model.pt"),
+        "meta_file": str(bundle / "configs" / "metadata.json"),
+        "config_file": str(bundle / "configs" / "inference.json"),
+        "bundle_root": str(bundle),
+        "input_shape": [1, int(spec["num_channels"]), *map(int, spec["spatial_shape"])],
+        "use_trace": True,
+    }
 
 
 def export_torchscript(stage: Path, meta: dict[str, Any]) -> Path:
     """``models/model.ts`` from ``models/model.pt`` by MONAI's ``ckpt_export``, traced at the metadata's shape."""
     from monai.bundle import ckpt_export
 
-    spec = meta["network_data_format"]["inputs"]["image"]
     target = stage / "models" / "model.ts"
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(target),
-        ckpt_file=str(stage / "models" / "model.pt"),
-        meta_file=str(stage / "configs" / "metadata.json"),
-        config_file=str(stage / "configs" / "inference.json"),
-        bundle_root=str(stage),
-        input_shape=[1, int(spec["num_channels"]), *map(int, spec["spatial_shape"])],
-        use_trace=True,
-    )
+    ckpt_export(filepath=str(target), **export_args(stage, meta))
     return target
 
 
@@ -329,8 +336,17 @@ def record_model_info(out: Path, key: str, zip_path: Path, meta: dict[str, Any])
     return entry
 
 
-def export_bundle(bundle: str | Path, out: str | Path, large_file_mb: float = 25.0) -> Path:
-    """Export ``bundle`` to ``out/<name>_v<version>.zip`` and record it in ``out/model_info.json``; return the zip."""
+def export_bundle(
+    bundle: str | Path,
+    out: str | Path,
+    large_file_mb: float = 25.0,
+    onnx: bool = False,
+    onnx_images: str | Path | None = None,
+) -> Path:
+    """Export ``bundle`` to ``out/<name>_v<version>.zip`` and record it in ``out/model_info.json``; return the zip.
+
+    ``onnx``: add ``models/model.onnx`` checked against PyTorch on ``onnx_images`` (default: synthetic demo
+    images); an ``OnnxParityError`` (a ``ValueError``) then stops the export before anything is written."""
     bundle, out = Path(bundle).resolve(), Path(out).resolve()
     meta = verify(bundle / "configs" / "metadata.json")
     name, key = bundle.name, f"{bundle.name}_v{meta['version']}"
@@ -339,6 +355,10 @@ def export_bundle(bundle: str | Path, out: str | Path, large_file_mb: float = 25
         stage = Path(tmp) / name
         stage_sources(bundle, stage)
         export_torchscript(stage, meta)
+        if onnx:
+            from common.deploy.onnx_export import export_onnx
+
+            export_onnx(stage, onnx_images)
         write_large_files(stage, large_file_mb)
         (stage / MANIFEST).write_text(manifest_text(stage, bundle_files(stage)))
         zip_path = out / f"{key}.zip"

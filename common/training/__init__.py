@@ -1,6 +1,6 @@
-"""The training layer: networks, engines (joint, pre-training, distillation, Mean Teacher), handlers, losses
-and the random state that resumable checkpoints carry."""
+"""The training layer: networks, engines (joint, pre-training, distillation, Mean Teacher), handlers, losses,
+flip TTA, post-processing tuned on validation and the random state that resumable checkpoints carry."""
 
-from common.training import engines, handlers, kd, mean_teacher, metrics, networks, rng
+from common.training import engines, handlers, inferers, kd, mean_teacher, metrics, networks, rng, tuning
 
-__all__ = ["engines", "handlers", "kd", "mean_teacher", "metrics", "networks", "rng"]
+__all__ = ["engines", "handlers", "inferers", "kd", "mean_teacher", "metrics", "networks", "rng", "tuning"]

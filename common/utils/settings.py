@@ -234,6 +234,11 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "seed": lambda n, v: whole_number(n, v, 0),
     "image_size": lambda n, v: whole_number(n, v, SIZE_MULTIPLE, multiple_of=SIZE_MULTIPLE),
     "min_pred_area_fraction": lambda n, v: real_number(n, v, 0, 1),
+    # evaluation/inference post-processing (tuned on validation by configs/tune.json: common.training.tuning)
+    "pred_threshold": lambda n, v: real_number(n, v, 0, 1),
+    "pred_threshold_low": lambda n, v: real_number(n, v, 0, 1),
+    "tta": lambda n, v: flag(n, v, false_strings=False),  # read by truth (FlipTTAInferer(enabled=...))
+    "use_tuned": lambda n, v: flag(n, v, false_strings=False),
     "checkpoint_metric": _checkpoint_metric,
     "loss_name": lambda n, v: one_of(n, v, LOSS_NAMES),
     "pos_sample_rate": optional_rate,

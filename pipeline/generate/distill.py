@@ -119,6 +119,7 @@ def evaluate_ensemble() -> dict[str, Any]:
     cfg = {
         "network": "$common.distill.teachers.load_ensemble(@teachers_file, @network_def, @device, 1.0, @teacher_tasks)",
         "validate#handlers": handlers,
+        "use_tuned": False,  # the tuned post-processing next to model.pt is the student's, not the ensemble's
     }
     return generated(cfg, "evaluate.json", DISTILL, "evaluate the plain teacher ensemble instead of the student")
 

@@ -20,7 +20,7 @@ from pipeline.generate.readme import distill_readme, mean_teacher_readme, readme
 from pipeline.generate.sources import BASELINE, GENERATOR, baseline_text, load_baseline
 from pipeline.generate.variants import Variant, variants
 
-COPIED_CONFIGS = ("evaluate.json", "inference.json")
+COPIED_CONFIGS = ("evaluate.json", "inference.json", "inference_onnx.json", "tune.json", "multi_gpu_evaluate.json")
 
 
 def _copied_files() -> dict[str, str]:
