@@ -77,6 +77,7 @@ class Protocol:
     folds: int | None = None
     labelled_count: int | None = None
     external: dict[str, Path] = field(default_factory=dict)
+    only_folds: tuple[int, ...] = ()  # run (and report) only these folds of the k (a sitting's share of a study)
 
     @property
     def allow_missing(self) -> bool:
@@ -89,8 +90,9 @@ class Protocol:
         return bool(self.setting.unlabelled_dirs)
 
     def splits(self, seeds: Sequence[int]) -> list[tuple[int, int | None]]:
-        """(seed, fold) of every split the run trains on (fold None without ``folds``)."""
-        return [(seed, fold) for seed in seeds for fold in (range(self.folds) if self.folds else [None])]
+        """(seed, fold) of every split the run trains on (fold None without ``folds``; with ``only_folds`` those)."""
+        folds = [f for f in range(self.folds) if not self.only_folds or f in self.only_folds] if self.folds else [None]
+        return [(seed, fold) for seed in seeds for fold in folds]
 
     def split_dir(self, seed: int, fold: int | None) -> Path:
         seed_dir = self.setting.out / f"seed{seed}"
@@ -296,6 +298,7 @@ def run_protocol(
     pool_size: int | str = "all",
     external: dict[str, Path] | None = None,
     pretrain_store: str | Path | None = None,
+    only_folds: Sequence[int] = (),
 ) -> int:
     """Run the protocol for every seed, write the report (and with ``publish_to`` the summary the bundle
     READMEs show, named ``label``, with the command ``scripts/run_pipeline.py <argv>``); print the table.
@@ -306,7 +309,12 @@ def run_protocol(
     ``labelled_count``: that many labelled training images instead of ``labelled_fraction``;
     ``unlabelled_dirs``/``pool_size``: the unlabelled pool; ``external``: name -> folder of an external test set;
     ``pretrain_store``: where pool-only pre-trainings are kept (default ``<out>/pretrained``; share one between
-    the run folders of several labelled sizes so that each task pre-trains once per seed)."""
+    the run folders of several labelled sizes so that each task pre-trains once per seed); ``only_folds``: run
+    and report only these of the ``folds`` (the same split of every image; a study too long for one sitting runs
+    fold after fold, each report covering the folds done)."""
+    bad = [f for f in only_folds if not folds or not 0 <= f < folds]
+    if bad:
+        raise SystemExit(f"error: --only-folds {bad[0]}: not a fold of --folds {folds} (0 to {(folds or 1) - 1})")
     if install_seed is not None and install_seed not in seeds:
         raise SystemExit(f"error: --install {install_seed}: not one of the run's seeds {list(seeds)}")
     tasks = list(tasks or list_tasks())
@@ -323,7 +331,9 @@ def run_protocol(
         pool_size,
         None if pretrain_store is None else Path(pretrain_store),
     )
-    protocol = Protocol(setting, labelled_fraction, tasks, list(skip), folds, labelled_count, dict(external or {}))
+    protocol = Protocol(
+        setting, labelled_fraction, tasks, list(skip), folds, labelled_count, dict(external or {}), tuple(only_folds)
+    )
     start = time.time()
     try:
         if dry_run:
@@ -339,6 +349,7 @@ def run_protocol(
             "labelled_fraction": labelled_fraction,
             "labelled_count": labelled_count,
             "folds": folds,
+            "only_folds": list(only_folds) or None,
             "unlabelled_dirs": setting.shown["unlabelled_dirs"],
             "pool_size": pool_size,
             "external": {name: portable_path(folder) for name, folder in protocol.external.items()},

@@ -303,6 +303,9 @@ def data_lines(seeds: Sequence[dict[str, Any]], settings: dict[str, Any]) -> lis
         if folds
         else "one stratified 70/15/15 split per seed"
     )
+    if folds and settings.get("only_folds"):
+        done = ", ".join(str(f) for f in settings["only_folds"])
+        split += f" (so far only fold(s) {done} of the {folds}: not every image is tested yet)"
     lines = [f"Dataset `{settings['dataset_dir']}`: {labelled}, {split}."]
     pool = next((r["pool"] for r in seeds if r.get("pool")), None)
     if pool:

@@ -64,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labelled-fraction", type=float, default=0.2)
     parser.add_argument("--labelled-count", type=int, help="exactly N labelled training images (stratified)")
     parser.add_argument("--folds", type=int, help="stratified K-fold: every image tested once per seed")
+    parser.add_argument(
+        "--only-folds",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="K",
+        help="run and report only these folds of --folds (a long study fold by fold; the splits do not change)",
+    )
     add_pool_arguments(parser, dest="unlabelled_dirs")
     parser.add_argument(
         "--pretrain-store",

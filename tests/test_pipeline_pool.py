@@ -61,11 +61,19 @@ def test_pool_pretraining_is_reused_across_labelled_sizes_and_folds(
     external = _external(tmp_path / "external")
     first = tmp_path / "few"
     args = _args(tiny_siim, first, store, pool, "--labelled-count", "4", "--folds", "2")
-    assert run_pipeline([*args, "--external-test", f"site={external}"]) == 0
+    with pytest.raises(SystemExit, match="--only-folds 2: not a fold of --folds 2"):
+        run_pipeline([*args, "--only-folds", "2"])
+    # a study fold by fold: fold 0 in one sitting (its report says so), then the rest
+    assert run_pipeline([*args, "--external-test", f"site={external}", "--only-folds", "0"]) == 0
     log = capsys.readouterr().out
     pretrained = store / "seed0" / "rotation_pretrain" / "models" / "pretrained.pt"
     assert pretrained.is_file()
-    assert "[seed 0 fold 0]   rotation_pretrain: trained" in log  # the store's pre-training, once
+    assert "[seed 0 fold 0]   rotation_pretrain: trained" in log and "fold 1" not in log  # the store's, once
+    assert set(json.loads((first / "results.json").read_text())["test_ids"]) == {"0/fold0"}
+    assert "so far only fold(s) 0 of the 2" in (first / "report.md").read_text()
+    assert run_pipeline([*args, "--external-test", f"site={external}"]) == 0
+    log = capsys.readouterr().out
+    assert "[seed 0 fold 0]   baseline: current" in log
     assert "[seed 0 fold 1]   rotation_pretrain: reused" in log  # the second fold reuses it
     stamp = os.stat(pretrained).st_mtime_ns
     phase = json.loads((pretrained.parent / "metrics.json").read_text())["pretraining"]
