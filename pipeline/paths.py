@@ -8,6 +8,7 @@ any other path as the user gave it (``../shared/data/cxr_lungs``), never resolve
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def portable_command(script: str, argv: Sequence[str]) -> str:
             words.append(f"{key}={portable_path(value)}")
         else:
             words.append(portable(word))
-    return " ".join(["python", script, *words])
+    return shlex.join(["python", script, *words])  # quoted: the published command runs as printed
 
 
 def write_results(

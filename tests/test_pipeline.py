@@ -145,6 +145,9 @@ def test_published_paths_are_repository_relative_or_as_given(tmp_path: Path) -> 
     assert portable_command("scripts/run_pipeline.py", argv) == (
         "python scripts/run_pipeline.py --out runs/x --set multidomain_datalist=runs/m.json"
     )
+    assert portable_command("scripts/run_pipeline.py", ["--label", "8 labelled, 128 px"]) == (
+        "python scripts/run_pipeline.py --label '8 labelled, 128 px'"  # runs as printed
+    )
     assert parse_overrides(["epochs=3", "name=abc", 'w={"a": 1}']) == {"epochs": 3, "name": "abc", "w": {"a": 1}}
     with pytest.raises(SystemExit, match="key=value"):
         parse_overrides(["epochs"])
