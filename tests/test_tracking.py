@@ -26,7 +26,7 @@ from monai.bundle import ConfigWorkflow
 import scripts.run_pipeline as run_pipeline_script
 from common.utils.tracking import SETTINGS_FILE, LocalMLFlowHandler, local_client, mlflow_settings
 from pipeline.runner import Runner
-from pipeline.steps import Step, evaluate_step, train_step
+from pipeline.steps import Step, evaluate_step, output_overrides, train_step
 from tests.conftest import REPO, copy_bundle, run_bundle, tiny_train_overrides
 
 BUNDLES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "train.json").is_file())
@@ -187,7 +187,9 @@ def test_pipeline_steps_are_runs_named_as_their_logs(tiny_siim: Path, tmp_path: 
     out = tmp_path / "study"
     overrides = {"dataset_dir": str(tiny_siim), "labelled_fraction": 0.5, "image_size": 32, "batch_size": 4}
     overrides |= {"num_workers": 0, "epochs": 1}
-    step = Step("rotation_joint", REPO / "bundles" / "rotation_joint", out / "seed0" / "rotation_joint", overrides)
+    step_out = out / "seed0" / "rotation_joint"
+    overrides |= output_overrides(step_out)  # as the protocol's steps: never the bundle's own models/
+    step = Step("rotation_joint", REPO / "bundles" / "rotation_joint", step_out, overrides)
     runner = Runner(1, 1, out / "logs", tracking_dir=out)
     assert train_step(runner, step, force=False) == "trained"
     assert evaluate_step(runner, step) == "evaluated"

@@ -18,7 +18,7 @@ BUNDLES = sorted(p.parent.parent for p in (REPO / "bundles").glob("*/configs/inf
 
 @pytest.mark.filterwarnings("ignore:parsing config_file:UserWarning")  # our own configs: trusted
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda b: b.name)
-def test_supported_apps_and_their_properties(bundle: Path) -> None:
+def test_supported_apps_and_their_properties(bundle: Path, tiny_siim: Path) -> None:
     metadata = read_json(bundle / "configs" / "metadata.json")
     assert metadata["supported_apps"] == {"monailabel": "0.8.5"}
     assert (bundle / "configs" / "multi_gpu_evaluate.json").is_file()
@@ -28,6 +28,7 @@ def test_supported_apps_and_their_properties(bundle: Path) -> None:
         meta_file=str(bundle / "configs" / "metadata.json"),
         logging_file=str(bundle / "configs" / "logging.conf"),
         bundle_root=str(bundle),
+        input_dir=str(tiny_siim / "dicom-images-train"),  # the default, the demo data, is absent on a clean clone
     )
     workflow.properties = {**MetaProperties, **InferProperties}
     assert workflow.check_properties() == []
