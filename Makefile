@@ -49,7 +49,7 @@ $(MULTIDOMAIN_DIR)/datalist.json:
 # the whole two-stage protocol at demo scale (about 10 minutes on 2 CPU cores); prints the report's path and
 # installs seed 0's models into bundles/*/models, so the bundles' own commands work right after (README)
 demo: demo-data
-	$(PY) scripts/run_pipeline.py --scale demo --labelled-fraction 0.3 --out runs/demo --install 0
+	$(PY) scripts/run_pipeline.py --scale demo --labelled-fraction 0.3 --no-tuning --out runs/demo --install 0
 
 lint: venv
 	$(PY) -m ruff check .

@@ -78,6 +78,7 @@ class Protocol:
     labelled_count: int | None = None
     external: dict[str, Path] = field(default_factory=dict)
     only_folds: tuple[int, ...] = ()  # run (and report) only these folds of the k (a sitting's share of a study)
+    tune: bool = True  # tune every model's post-processing on validation, then also test with it
 
     @property
     def allow_missing(self) -> bool:
@@ -174,13 +175,14 @@ def run_split(protocol: Protocol, seed: int, fold: int | None, runner: Runner) -
     distill = protocol.distill(seed_dir, data, datalist_sha, teachers)
     print(f"{tag} stage 2: distill: {train_step(runner, distill, setting.force)}")
     models = {**steps, "distill": distill}
-    print(f"{tag} post-processing tuned on validation (every model alike)")
-    runner.run_all({f"{tag}   {s.name}": partial(tune_step, runner, s) for s in models.values()})
-    print(f"{tag} test evaluation (default post-processing, then the tuned one)")
+    if protocol.tune:
+        print(f"{tag} post-processing tuned on validation (every model alike)")
+        runner.run_all({f"{tag}   {s.name}": partial(tune_step, runner, s) for s in models.values()})
+    print(f"{tag} test evaluation (default post-processing{', then the tuned one' if protocol.tune else ''})")
     evaluations = {f"{tag}   {s.name}": partial(evaluate_step, runner, s) for s in models.values()}
-    evaluations.update(
-        {f"{tag}   {s.name} tuned": partial(evaluate_step, runner, s, False, TUNED) for s in models.values()}
-    )
+    if protocol.tune:
+        tuned = {f"{tag}   {s.name} tuned": partial(evaluate_step, runner, s, False, TUNED) for s in models.values()}
+        evaluations.update(tuned)
     evaluations[f"{tag}   distill ensemble"] = partial(evaluate_step, runner, distill, True)
     for name, folder in protocol.external.items():
         ext = setting.external_data(name, folder)
@@ -247,8 +249,8 @@ def plan_split(protocol: Protocol, seed: int, fold: int | None = None) -> None:
         label = plans["distill"].label
     print(f"{tag} stage 2: distill: {label}")
 
-    print(f"{tag} post-processing tuned on validation")
-    for name, step in [*steps.items(), ("distill", distill)]:
+    print(f"{tag} post-processing tuned on validation" + ("" if protocol.tune else ": no (--no-tuning)"))
+    for name, step in [*steps.items(), ("distill", distill)] if protocol.tune else []:
         plan = plans.get(name)
         word, why = (
             ("would-tune", "after training")
@@ -259,7 +261,8 @@ def plan_split(protocol: Protocol, seed: int, fold: int | None = None) -> None:
     print(f"{tag} test evaluation")
     evaluations = [(n, s, False) for n, s in steps.items()]
     evaluations += [("distill", distill, False), ("distill ensemble", distill, True)]
-    sections = [("test", ""), (TUNED, " tuned"), *((f"external_{n}", f" on {n}") for n in protocol.external)]
+    tuned = [(TUNED, " tuned")] if protocol.tune else []
+    sections = [("test", ""), *tuned, *((f"external_{n}", f" on {n}") for n in protocol.external)]
     for section, where in sections:
         for name, step, ensemble in evaluations:
             if ensemble and section == TUNED:
@@ -299,6 +302,7 @@ def run_protocol(
     external: dict[str, Path] | None = None,
     pretrain_store: str | Path | None = None,
     only_folds: Sequence[int] = (),
+    tune: bool = True,
 ) -> int:
     """Run the protocol for every seed, write the report (and with ``publish_to`` the summary the bundle
     READMEs show, named ``label``, with the command ``scripts/run_pipeline.py <argv>``); print the table.
@@ -311,7 +315,8 @@ def run_protocol(
     ``pretrain_store``: where pool-only pre-trainings are kept (default ``<out>/pretrained``; share one between
     the run folders of several labelled sizes so that each task pre-trains once per seed); ``only_folds``: run
     and report only these of the ``folds`` (the same split of every image; a study too long for one sitting runs
-    fold after fold, each report covering the folds done)."""
+    fold after fold, each report covering the folds done); ``tune`` false: no post-processing tuning (the report's
+    tuned columns stay empty)."""
     bad = [f for f in only_folds if not folds or not 0 <= f < folds]
     if bad:
         raise SystemExit(f"error: --only-folds {bad[0]}: not a fold of --folds {folds} (0 to {(folds or 1) - 1})")
@@ -332,7 +337,15 @@ def run_protocol(
         None if pretrain_store is None else Path(pretrain_store),
     )
     protocol = Protocol(
-        setting, labelled_fraction, tasks, list(skip), folds, labelled_count, dict(external or {}), tuple(only_folds)
+        setting,
+        labelled_fraction,
+        tasks,
+        list(skip),
+        folds,
+        labelled_count,
+        dict(external or {}),
+        tuple(only_folds),
+        tune,
     )
     start = time.time()
     try:

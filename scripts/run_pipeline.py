@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labelled-count", type=int, help="exactly N labelled training images (stratified)")
     parser.add_argument("--folds", type=int, help="stratified K-fold: every image tested once per seed")
     parser.add_argument(
+        "--no-tuning",
+        dest="tune",
+        action="store_false",
+        help="no post-processing tuning on validation (no tuned test columns; make demo: its 10 minutes)",
+    )
+    parser.add_argument(
         "--only-folds",
         type=int,
         nargs="+",
