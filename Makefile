@@ -11,7 +11,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR := demo_data/siim
 
-.PHONY: venv label-venv demo demo-data test test-label serve lint benchmark clean
+.PHONY: venv label-venv demo demo-data test test-label serve lint benchmark gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -72,6 +72,11 @@ serve: label-venv
 
 benchmark: demo-data
 	$(PY) scripts/benchmark.py
+
+# on a CUDA machine (a few minutes on one GPU): every bundle under fp16 and bf16 AMP, torchrun + NCCL over all
+# GPUs, GPU benchmark figures; one JSON (runs/gpu_check.json). Without CUDA it says so per item.
+gpu-check: demo-data
+	$(PY) scripts/gpu_check.py --data demo_data --out runs/gpu_check.json
 
 clean:
 	rm -rf $(VENV) $(LABEL_VENV) demo_data runs dist bundles/*/models/*.pt bundles/*/models/*.json bundles/*/models/backup-* bundles/*/cache bundles/*/logs bundles/*/eval

@@ -89,10 +89,13 @@ def _worker_jiffies() -> int:
 
 
 class HandLoop:
-    """The same network, loss and optimiser in a bare loop over in-memory batches (compute ceiling)."""
+    """The same network, loss, optimiser and precision (autocast, memory layout) in a bare loop over in-memory
+    batches (compute ceiling)."""
 
     def __init__(self, parser, batch_size: int) -> None:
-        self.network = parser.get_parsed_content("network_def", lazy=False).to(parser.get_parsed_content("device"))
+        self.precision = parser.get_parsed_content("precision")
+        device = parser.get_parsed_content("device")
+        self.network = self.precision.network(parser.get_parsed_content("network_def", lazy=False).to(device))
         self.loss_fn = parser.get_parsed_content("loss", lazy=False)
         self.optimizer = torch.optim.AdamW(
             self.network.parameters(),
@@ -101,8 +104,8 @@ class HandLoop:
         )
         dataset = parser.get_parsed_content("validate#dataset")  # deterministic transforms, cached
         samples = [dataset[i % len(dataset)] for i in range(batch_size * 4)]
-        self.images = torch.stack([torch.as_tensor(s["image"]) for s in samples])
-        self.labels = torch.stack([torch.as_tensor(s["label"]) for s in samples])
+        self.images = self.precision.batch(torch.stack([torch.as_tensor(s["image"]) for s in samples]).to(device))
+        self.labels = torch.stack([torch.as_tensor(s["label"]) for s in samples]).to(device)
         self.batch_size = batch_size
         self.network.train()
 
@@ -110,22 +113,35 @@ class HandLoop:
         k = (i * self.batch_size) % (len(self.images) - self.batch_size + 1)
         x, y = self.images[k : k + self.batch_size], self.labels[k : k + self.batch_size]
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.network(x), y)
+        with self.precision.autocast():
+            logits = self.network(x)
+        loss = self.loss_fn(logits.float(), y)
         loss.backward()
         self.optimizer.step()
 
     def timed(self, iterations: int) -> float:
+        _sync()
         t0 = time.perf_counter()
         for i in range(iterations):
             self.step(i)
+        _sync()
         return time.perf_counter() - t0
 
 
-def bench(dataset_dir: Path, image_size: int, batch_size: int, workers: int, repeats: int) -> dict[str, float]:
+def _sync() -> None:
+    """Wait for the GPU's queued work (timings of asynchronous CUDA kernels); nothing on a CPU."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bench(
+    dataset_dir: Path, image_size: int, batch_size: int, workers: int, repeats: int, **overrides: Any
+) -> dict[str, float]:
     """Bundle trainer epochs interleaved with hand-loop runs of the same length; medians over ``repeats``.
 
     Epoch 1 fills the cache and is not counted. After every bundle epoch the hand loop runs as many
-    steps as the epoch had, so both see the same machine state.
+    steps as the epoch had, so both see the same machine state. ``overrides``: bundle settings (e.g. the
+    precision: ``amp``, ``amp_dtype``, ``channels_last``, ``compile``), which the hand loop shares.
     """
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
@@ -141,6 +157,7 @@ def bench(dataset_dir: Path, image_size: int, batch_size: int, workers: int, rep
             num_workers=workers,
             epochs=repeats + 1,
             val_interval=10_000,
+            **overrides,
         )
         workflow.initialize()
         trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -151,6 +168,7 @@ def bench(dataset_dir: Path, image_size: int, batch_size: int, workers: int, rep
         meter = LoadMeter()
 
         def epoch_started(engine) -> None:
+            _sync()
             state.update(wait=0.0, t0=time.perf_counter(), w0=_worker_jiffies())
             meter.start()
 
@@ -161,6 +179,7 @@ def bench(dataset_dir: Path, image_size: int, batch_size: int, workers: int, rep
             state["wait"] += time.perf_counter() - state["batch"]
 
         def epoch_completed(engine) -> None:
+            _sync()
             elapsed = time.perf_counter() - state["t0"]
             others.append(meter.other_cores(_worker_jiffies() - state["w0"]))
             if engine.state.epoch == 1:
@@ -439,7 +458,11 @@ def run_benchmark(
         make_demo_siim(setting.dataset_dir)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     if only:
-        {"stage1": stage1_table, "distill": distill_table, "inference": inference_table}[only](setting)
+        from pipeline.inference_bench import loop_table
+        from pipeline.precision_bench import precision_table
+
+        tables = {"stage1": stage1_table, "distill": distill_table, "inference": inference_table}
+        {**tables, "precision": precision_table, "inference-loop": loop_table}[only](setting)
         return 0
     size = f"{setting.image_size}x{setting.image_size}"
     print(f"baseline trainer, {size}, batch {setting.batch_size}, data {setting.dataset_dir}")

@@ -14,6 +14,8 @@ The measurements: ``pipeline/benchmark.py``.
     python scripts/benchmark.py --image-size 256 --batch-size 8 --workers 0 1 2
     python scripts/benchmark.py --only distill   # distillation epoch: cached vs online vs baseline
     python scripts/benchmark.py --only inference --repeats 5   # torch eager vs TorchScript vs onnxruntime
+    python scripts/benchmark.py --only precision --repeats 2   # fp32 vs bf16 vs channels-last vs compiled
+    python scripts/benchmark.py --only inference-loop --repeats 3   # inference.json vs a raw torch loop
 
 ``--only inference`` times the baseline network (seeded random weights: speed, not quality) per image,
 batch 1 as ``configs/inference.json``, at ``--image-size`` and at the installed baseline model's image
@@ -46,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--distill", action="store_true", help="also time distillation epochs (cached, online)")
     parser.add_argument("--teachers", type=int, default=5, help="teachers in the distillation benchmark")
-    parser.add_argument("--only", choices=["stage1", "distill", "inference"], help="run only that table")
+    parser.add_argument(
+        "--only",
+        choices=["stage1", "distill", "inference", "inference-loop", "precision"],
+        help="run only that table",
+    )
     return run_benchmark(**vars(parser.parse_args(argv)))
 
 

@@ -100,10 +100,12 @@ def test_onnx_bundle_inference_matches_pytorch_on_real_images(
     # the user's command on the unpacked zip; the PyTorch reference in this process (same runner, no start-up)
     onnx_configs = [unpacked / "configs" / c for c in ONNX_CONFIGS]
     run_bundle(onnx_configs, "--input_dir", str(real_images), "--output_dir", str(tmp_path / "ort"), cwd=tmp_path)
+    # model.onnx is fp32: the reference is inference.json in fp32 (its default on a bf16 CPU is bf16 autocast)
     workflow = ConfigWorkflow(
         str(trained / "configs" / "inference.json"),
         workflow_type="infer",
         **{"bundle_root": str(trained), "input_dir": str(real_images), "output_dir": str(tmp_path / "pt")},
+        amp=False,
     )
     workflow.initialize()
     workflow.run()

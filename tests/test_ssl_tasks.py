@@ -168,3 +168,24 @@ def test_monai_pretext_transform_is_seeded() -> None:
     torch.testing.assert_close(a["image_aux_input"], torch.rot90(image, int(a["image_aux_target"]), dims=(-2, -1)))
     views = RandPretextd("contrastive").set_random_state(5)({"image": image})["image_aux_input"]
     assert views.shape == (2, 1, 32, 32)
+
+
+def test_window_pretexts_change_whole_cells_batch_wide() -> None:
+    """Local shuffle and patch swaps work on non-overlapping grid cells of every image at once: each image keeps
+    its pixel values (only moved), the swap's mask marks exactly the pixels that changed, odd sizes work."""
+    from common.ssl.genesis import local_pixel_shuffle
+    from common.ssl.grid import from_grid_cells, grid_cells
+    from common.ssl.inpainting import swap_patches
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 37, 41, generator=g)
+    cells, offset = grid_cells(x, 5, g)
+    assert torch.equal(from_grid_cells(x, cells, 5, offset), x)  # the inverse
+    shuffled = local_pixel_shuffle(x, g, 32, 4)
+    swapped, mask = swap_patches(x, g, 4, 0.12)
+    for out in (shuffled, swapped):
+        for i in range(3):
+            assert torch.equal(out[i].flatten().sort().values, x[i].flatten().sort().values)
+            assert not torch.equal(out[i], x[i])
+    assert torch.equal(mask, (swapped != x).any(1, keepdim=True))
+    assert mask.sum() == 3 * 8 * round(0.12 * 37) ** 2  # 4 pairs = 8 whole cells per image

@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.ssl.registry import Pretext, SSLTask, randint, register_task, restoration_head, uniform
+from common.ssl.grid import from_grid_cells, grid_cells, pick_cells
+from common.ssl.registry import (
+    Pretext,
+    SSLTask,
+    register_task,
+    restoration_head,
+    uniform,
+)
 
 
 def bezier_intensity_map(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -30,17 +37,15 @@ def bezier_intensity_map(images: torch.Tensor, generator: torch.Generator) -> to
 
 
 def local_pixel_shuffle(images: torch.Tensor, generator: torch.Generator, n_blocks: int, block: int) -> torch.Tensor:
-    """Shuffle the pixels inside ``n_blocks`` small windows per image."""
-    out = images.clone()
-    b, c, h, w = images.shape
-    ys = randint(h - block + 1, (b, n_blocks), generator, images.device).tolist()
-    xs = randint(w - block + 1, (b, n_blocks), generator, images.device).tolist()
-    for i in range(b):
-        for y, x in zip(ys[i], xs[i], strict=True):
-            patch = out[i, :, y : y + block, x : x + block].reshape(c, -1)
-            perm = torch.randperm(patch.shape[1], generator=generator, device=images.device)
-            out[i, :, y : y + block, x : x + block] = patch[:, perm].reshape(c, block, block)
-    return out
+    """Shuffle the pixels inside ``n_blocks`` small windows per image: distinct cells of a ``block``-sized
+    grid at a random offset (all images and windows at once: one gather, one scatter)."""
+    b, c = images.shape[:2]
+    cells, offset = grid_cells(images, block, generator)
+    n = min(n_blocks, cells.shape[1])
+    chosen = pick_cells(cells.shape[1], n, b, generator, images.device)[:, :, None, None].expand(-1, -1, c, block**2)
+    order = torch.argsort(uniform((b, n, 1, block**2), generator, images.device), dim=3).expand(-1, -1, c, -1)
+    shuffled = torch.gather(torch.gather(cells, 1, chosen), 3, order)
+    return from_grid_cells(images, cells.scatter(1, chosen, shuffled), block, offset)
 
 
 def paint(images: torch.Tensor, generator: torch.Generator, outer: torch.Tensor) -> torch.Tensor:

@@ -5,25 +5,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.ssl.registry import Pretext, SSLTask, randint, register_task, restoration_head
+from common.ssl.grid import from_grid_cells, grid_cells, pick_cells
+from common.ssl.registry import Pretext, SSLTask, register_task, restoration_head
 
 
 def swap_patches(
     images: torch.Tensor, generator: torch.Generator, n_pairs: int, size_fraction: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Swap ``n_pairs`` pairs of square patches per image; return the result and the changed-pixel mask."""
-    b, _, h, w = images.shape
+    """Swap ``n_pairs`` pairs of square patches per image; return the result and the changed-pixel mask.
+
+    The patches are distinct cells of a grid at a random offset, so the whole batch swaps at once (one
+    gather, one scatter; no loop over images and pairs)."""
+    b, c, h, w = images.shape
     side = max(2, round(size_fraction * min(h, w)))
-    out, mask = images.clone(), torch.zeros_like(images[:, :1], dtype=torch.bool)
-    ys = randint(h - side + 1, (b, n_pairs, 2), generator, images.device).tolist()
-    xs = randint(w - side + 1, (b, n_pairs, 2), generator, images.device).tolist()
-    for i in range(b):
-        for (y1, y2), (x1, x2) in zip(ys[i], xs[i], strict=True):
-            a = out[i, :, y1 : y1 + side, x1 : x1 + side].clone()
-            out[i, :, y1 : y1 + side, x1 : x1 + side] = out[i, :, y2 : y2 + side, x2 : x2 + side]
-            out[i, :, y2 : y2 + side, x2 : x2 + side] = a
-            mask[i, :, y1 : y1 + side, x1 : x1 + side] = True
-            mask[i, :, y2 : y2 + side, x2 : x2 + side] = True
+    cells, offset = grid_cells(images, side, generator)
+    n_pairs = min(n_pairs, cells.shape[1] // 2)
+    picked = pick_cells(cells.shape[1], 2 * n_pairs, b, generator, images.device)
+    partner = torch.cat([picked[:, n_pairs:], picked[:, :n_pairs]], dim=1)  # cell k <- cell k + n_pairs, and back
+    index = picked[:, :, None, None].expand(-1, -1, c, side * side)
+    moved = torch.gather(cells, 1, partner[:, :, None, None].expand(-1, -1, c, side * side))
+    out = from_grid_cells(images, cells.scatter(1, index, moved), side, offset)
+    marks = torch.zeros_like(cells[:, :, :1], dtype=torch.bool).scatter(1, index[:, :, :1], True)
+    mask = from_grid_cells(torch.zeros_like(images[:, :1], dtype=torch.bool), marks, side, offset)
     return out, mask
 
 

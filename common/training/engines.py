@@ -1,9 +1,10 @@
-"""Training engines for the auxiliary tasks, built on MONAI's SupervisedTrainer.
+"""Training engines for the auxiliary tasks, built on ``common.training.base.Trainer`` (MONAI's SupervisedTrainer
+with one precision policy on any device).
 
 * ``MultiTaskTrainer`` (joint mode): every iteration takes the labelled segmentation batch of its
   data loader and, separately, an auxiliary batch from a second loader over all training images;
   the loss is ``seg_weight * L_seg + sum_i lambda_i * L_i`` (``fixed``), or weighted by a learnt or
-  gradient-matched balance (``common.training.balancing``). It reuses SupervisedTrainer's iteration (AMP,
+  gradient-matched balance (``common.training.balancing``). It reuses the base trainer's iteration (precision,
   gradient accumulation, events) by handing it that combined loss. With every lambda 0 it trains exactly
   like the baseline: the auxiliary pass leaves every random stream and batch-norm buffer of the
   segmentation training alone (its loader has its own generator, its random layers draw from the pretext
@@ -22,20 +23,21 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from ignite.metrics import Average, Metric
-from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.handlers import from_engine
 from monai.utils.enums import CommonKeys as Keys
 
 from common.distill.teachers import TeacherEnsemble
 from common.training.balancing import SEG, FixedBalancing, GradNormBalancing, LossBalancer, shared_parameters
+from common.training.base import Trainer, float32
 from common.training.kd import DistillationLoss
 from common.training.networks import MultiTaskUNet
+from common.training.precision import autocast_off
 from common.utils.io import atomic_path
 from common.utils.metrics import update_metrics_file
 
@@ -130,6 +132,8 @@ class AuxiliaryObjective(SeededObjective):
         if unknown:
             raise KeyError(f"weights given for tasks without a head: {sorted(unknown)}")
         self.model, self.weights, self.freeze_bn_stats = model, dict(weights), freeze_bn_stats
+        #: the memory layout of the network's inputs (the trainer's ``precision.batch``; pretexts may change it)
+        self.layout: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
         super().__init__(seed)
 
     @property
@@ -162,7 +166,7 @@ class AuxiliaryObjective(SeededObjective):
                     pretext = task.pretext(images, generator, labels={k: labels[k] for k in task.label_keys})
                 else:
                     pretext = task.pretext(images, generator)
-                losses[name] = task.loss(network(pretext.input, task=name), pretext)
+                losses[name] = task.loss(float32(network(self.layout(pretext.input), task=name)), pretext)
                 terms.update({f"{name}/{t}": v for t, v in (getattr(task, "last_terms", None) or {}).items()})
         return losses, terms
 
@@ -229,10 +233,11 @@ class AuxiliaryBatches:
             # most epoch_length passes
             first_pass = (self.state.epoch - 1) * (self.state.epoch_length or 1)
             self._aux_batches, self._aux_epoch = cycle(self.aux_data_loader, first_pass), self.state.epoch
-        return next(self._aux_batches)
+        with autocast_off():  # drawn inside the loss: the loader's transforms must not run under autocast
+            return next(self._aux_batches)
 
 
-class MultiTaskTrainer(AuxiliaryBatches, SupervisedTrainer):
+class MultiTaskTrainer(AuxiliaryBatches, Trainer):
     """Joint mode: the segmentation loss of the seg batch and every task's loss of the aux batch, combined
     by ``balancer`` (``fixed`` by default: ``seg_weight * L_seg + sum lambda_i L_i``) every iteration.
 
@@ -249,7 +254,7 @@ class MultiTaskTrainer(AuxiliaryBatches, SupervisedTrainer):
         pretext_seed: seed of the pretext generator.
         balancer: how the losses are weighted (``common.training.balancing``; its parameters, if any, must be
             in ``optimizer``); by default ``fixed`` with ``task_weights`` and ``seg_weight``.
-        kwargs: everything else SupervisedTrainer takes.
+        kwargs: everything else ``common.training.base.Trainer`` takes (``precision``, ...).
 
     The engine's output holds ``seg_loss``, ``aux_loss`` (the weighted auxiliary part), ``aux_loss/<task>``
     (unweighted), ``seg_weight`` and ``aux_weight/<task>`` (the effective weights; ``joint_metrics``).
@@ -283,12 +288,13 @@ class MultiTaskTrainer(AuxiliaryBatches, SupervisedTrainer):
         self._shared = shared_parameters(network) if isinstance(balancer, GradNormBalancing) else []
         self._init_aux_batches(aux_data_loader)
         super().__init__(network=network, loss_function=self._joint_loss, **kwargs)
+        self.objective.layout = self.precision.batch
         if any(True for _ in balancer.parameters()):  # learnt weights: the same on every rank
             self.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._average_balancer_grads)
 
     def _joint_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         batch = self._next_aux_batch()
-        images = _images(batch, self.state.device, self.non_blocking)
+        images = self.precision.batch(_images(batch, self.state.device, self.non_blocking))
         labels = _labels(batch, self.objective.label_keys, self.state.device)
         seg = self.seg_loss(pred, target).mean()
         losses, terms = self.objective.losses(self.network, images, labels, rng_apart=True)
@@ -326,25 +332,10 @@ def joint_metrics(tasks: Iterable[str]) -> dict[str, Metric]:
     return {name: Average(output_transform=from_engine([key], first=True)) for name, key in keys.items()}
 
 
-def backward_and_step(engine: SupervisedTrainer, loss: torch.Tensor, use_amp: bool) -> None:
-    """The backward pass and the optimiser step as MONAI's ``SupervisedTrainer._iteration`` does them (the
-    engine's GradScaler under AMP), firing its BACKWARD_COMPLETED event; for the trainers that compute
-    their own loss."""
-    if use_amp:
-        engine.scaler.scale(loss).backward()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        engine.scaler.step(engine.optimizer)
-        engine.scaler.update()
-    else:
-        loss.backward()
-        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        engine.optimizer.step()
-
-
-class PretextTrainer(SupervisedTrainer):
+class PretextTrainer(Trainer):
     """Pre-training mode: only the auxiliary losses, on the batches of ``train_data_loader``.
 
-    Takes SupervisedTrainer's arguments (``loss_function`` is not used and may be None) plus
+    Takes ``common.training.base.Trainer``'s arguments (``loss_function`` is not used and may be None) plus
     ``task_weights`` and ``pretext_seed``; ``network`` is the ``MultiTaskUNet``.
     """
 
@@ -359,35 +350,25 @@ class PretextTrainer(SupervisedTrainer):
         # only auxiliary passes here: the running statistics may as well describe the images trained on
         self.objective = AuxiliaryObjective(network, task_weights, pretext_seed, freeze_bn_stats=False)
         super().__init__(network=network, loss_function=loss_function, **kwargs)
+        self.objective.layout = self.precision.batch
 
-    def _iteration(self, engine: PretextTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        images = _images(batchdata, engine.state.device, engine.non_blocking)
-        labels = _labels(batchdata, self.objective.label_keys, engine.state.device)
-        engine.state.output = {Keys.IMAGE: images}
-        engine.network.train()
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        use_amp = bool(engine.amp and engine.scaler is not None)
-        with torch.autocast("cuda", **engine.amp_kwargs) if use_amp else contextlib.nullcontext():
-            total, per_task = self.objective(engine.network, images, labels)
-        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        engine.state.output[Keys.LOSS] = total
-        engine.state.output["aux_loss"] = total.detach()
-        engine.state.output.update({f"aux_loss/{n}": v.detach() for n, v in per_task.items()})
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        backward_and_step(engine, total, use_amp)
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
+    def compute_loss(self, batchdata: Any, inputs: torch.Tensor, targets: Any, *args: Any, **kwargs: Any) -> Any:
+        """The weighted auxiliary losses of the batch's images (no segmentation pass; ``aux_loss/<task>``)."""
+        labels = _labels(batchdata, self.objective.label_keys, self.state.device)
+        total, per_task = self.objective(self.network, inputs, labels)
+        self.fire_event(IterationEvents.FORWARD_COMPLETED)
+        self.state.output["aux_loss"] = total.detach()
+        self.state.output.update({f"aux_loss/{n}": v.detach() for n, v in per_task.items()})
+        return total
 
 
-class DistillationTrainer(SupervisedTrainer):
+class DistillationTrainer(Trainer):
     """Stage 2: ``L_kd(student, ensemble) + alpha * L_seg(student, label)`` (``common.training.kd.DistillationLoss``).
 
     Cached mode (``ensemble=None``): the batch carries the soft targets under ``soft_key``, augmented
     with the image. Online mode: the frozen ``ensemble`` runs on this step's (augmented) images. The
     per-image ``labelled_key`` flag selects the images the segmentation term applies to (all, when the
-    batch has no flag). SupervisedTrainer's iteration (AMP, accumulation, events) is reused by handing
+    batch has no flag). The base trainer's iteration (precision, accumulation, events) is reused by handing
     it this loss.
     """
 

@@ -39,7 +39,6 @@ resumable checkpoints carry, ``common.training.rng.RandomState``).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -48,11 +47,11 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Events
 from ignite.handlers import EMAHandler
-from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from common.training.engines import AuxiliaryBatches, SeededObjective, _images, backward_and_step
+from common.training.base import Trainer, float32
+from common.training.engines import AuxiliaryBatches, SeededObjective, _images
 
 EMA_MOMENTUM = "ema_momentum"  # the engine state attribute the EMA handler reads its momentum from
 
@@ -101,7 +100,7 @@ class ConsistencyObjective(SeededObjective):
         return F.mse_loss(torch.sigmoid(student_logits.float()), torch.sigmoid(teacher_logits.detach().float()))
 
 
-class MeanTeacherTrainer(AuxiliaryBatches, SupervisedTrainer):
+class MeanTeacherTrainer(AuxiliaryBatches, Trainer):
     """``L_seg + w(t) * consistency(student, EMA teacher)`` on a labelled and an unlabelled batch (see the module).
 
     Args:
@@ -118,8 +117,8 @@ class MeanTeacherTrainer(AuxiliaryBatches, SupervisedTrainer):
         ema_warmup: the reference implementation's warm-up of the momentum (``ema_momentum``).
         noise_std: std of the input noise of each view.
         noise_seed: seed of the noise generator.
-        kwargs: everything else SupervisedTrainer takes (gradient accumulation is not supported: the
-            teacher follows every iteration).
+        kwargs: everything else ``common.training.base.Trainer`` takes (``precision``, ...; gradient
+            accumulation is not supported: the teacher follows every iteration).
     """
 
     def __init__(
@@ -148,52 +147,37 @@ class MeanTeacherTrainer(AuxiliaryBatches, SupervisedTrainer):
         self.objective = ConsistencyObjective(noise_std, noise_seed)
         self._init_aux_batches(aux_data_loader)
         super().__init__(network=network, loss_function=loss_function, **kwargs)
+        self.precision.network(self.teacher)
         ema_handler.attach(self, name=EMA_MOMENTUM, event=Events.ITERATION_COMPLETED)
 
     def weight_at(self, epoch: float) -> float:
         """``w(t)``: the consistency weight after ``epoch`` (fractional) epochs."""
         return self.consistency_weight * sigmoid_rampup(epoch, self.rampup_epochs)
 
-    def _iteration(self, engine: MeanTeacherTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
-        inputs, targets = batch[0], batch[1]
-        unlabelled = _images(self._next_aux_batch(), engine.state.device, engine.non_blocking)
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+    def compute_loss(self, batchdata: Any, inputs: torch.Tensor, targets: Any, *args: Any, **kwargs: Any) -> Any:
+        """``L_seg`` of the labelled batch + ``w(t)`` x the consistency of student and teacher on the labelled
+        and an unlabelled batch together; sets the EMA momentum of this iteration's update."""
         n = inputs.shape[0]
+        unlabelled = self.precision.batch(_images(self._next_aux_batch(), self.state.device, self.non_blocking))
         plain = (torch.as_tensor(inputs).as_subclass(torch.Tensor), unlabelled.as_subclass(torch.Tensor))
-        images = torch.cat([plain[0], plain[1].to(plain[0].dtype)])
-        student_in, teacher_in = self.objective.views(images)
+        images = self.precision.batch(torch.cat([plain[0], plain[1].to(plain[0].dtype)]))
+        student_in, teacher_in = (self.precision.batch(v) for v in self.objective.views(images))
         # t: epochs completed before this step (the first step of the run is t = 0)
-        epoch = (engine.state.iteration - 1) / (engine.state.epoch_length or 1)
-        weight = self.weight_at(epoch)
-
-        engine.network.train()
+        weight = self.weight_at((self.state.iteration - 1) / (self.state.epoch_length or 1))
         # ema_train: batch statistics and its own running statistics; copy/update: the averaged ones
         self.teacher.train(self.ema_handler.handle_buffers == "ema_train")
-        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        use_amp = bool(engine.amp and engine.scaler is not None)
-        with torch.autocast("cuda", **engine.amp_kwargs) if use_amp else contextlib.nullcontext():
-            logits = engine.inferer(student_in, engine.network)
-            engine.state.output[Keys.PRED] = logits[:n]
-            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            with torch.no_grad():
-                teacher_logits = self.teacher(teacher_in)
-            seg = engine.loss_function(logits[:n], targets).mean()
-            consistency = self.objective(logits, teacher_logits)
-            loss = seg + weight * consistency
-        engine.state.output[Keys.LOSS] = loss
-        engine.state.output.update(
-            seg_loss=seg.detach(),
-            consistency=consistency.detach(),
-            consistency_weight=torch.tensor(weight),
+        logits = self.inferer(student_in, self.network)
+        self.state.output[Keys.PRED] = logits[:n]
+        self.fire_event(IterationEvents.FORWARD_COMPLETED)
+        with torch.no_grad():
+            teacher_logits = self.teacher(teacher_in)
+        seg = self.loss_function(float32(logits[:n]), targets).mean()
+        consistency = self.objective(logits, teacher_logits)
+        self.state.output.update(
+            seg_loss=seg.detach(), consistency=consistency.detach(), consistency_weight=torch.tensor(weight)
         )
-        engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        backward_and_step(engine, loss, use_amp)
-        # the EMA handler (ITERATION_COMPLETED) moves the teacher with this momentum
-        momentum = ema_momentum(engine.state.iteration, self.ema_handler.momentum, self.ema_warmup)
-        setattr(engine.state, EMA_MOMENTUM, momentum)
-        engine.state.output[EMA_MOMENTUM] = torch.tensor(momentum)
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return engine.state.output
+        # the EMA handler (ITERATION_COMPLETED, after the optimiser step) moves the teacher with this momentum
+        momentum = ema_momentum(self.state.iteration, self.ema_handler.momentum, self.ema_warmup)
+        setattr(self.state, EMA_MOMENTUM, momentum)
+        self.state.output[EMA_MOMENTUM] = torch.tensor(momentum)
+        return seg + weight * consistency

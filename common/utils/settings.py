@@ -208,6 +208,13 @@ def _samples_per_epoch(name: str, value: Any) -> int:
     return whole_number(name, value, 0)
 
 
+def _precision_choice(name: str, value: Any) -> Any:
+    """``amp``, ``amp_dtype``, ``channels_last``: ``auto`` or one of the choices (``common.training.precision``)."""
+    from common.training.precision import precision_choice
+
+    return precision_choice(name, value)
+
+
 def _aux_images(name: str, value: Any) -> str:
     from common.data.pool import AUX_IMAGES
 
@@ -251,6 +258,11 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "epochs": lambda n, v: whole_number(n, v, 1),
     "val_interval": lambda n, v: whole_number(n, v, 1),
     "resume": lambda n, v: flag(n, v, false_strings=False),  # the configs read it by truth: `$not @resume`
+    # speed (common.training.precision): mixed precision, memory layout, torch.compile (read by truth)
+    "amp": _precision_choice,
+    "amp_dtype": _precision_choice,
+    "channels_last": _precision_choice,
+    "compile": lambda n, v: flag(n, v, false_strings=False),
     "eval_split": _split,
     "input_dir": image_input,
     "output_dir": writable_folder,

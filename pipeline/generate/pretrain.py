@@ -89,7 +89,8 @@ def pretrain_block() -> dict[str, Any]:
             "key_train_metric": "@pretrain#key_metric",
             "metric_cmp_fn": "$lambda current, best: current < best",
             "train_handlers": "@pretrain#handlers",
-            "amp": "@amp",
+            "precision": "@precision",
+            "compile": "@compile",
         },
     }
 
