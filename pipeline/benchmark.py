@@ -36,6 +36,7 @@ class BenchSetting:
     batch_size: int = 8
     repeats: int = 4
     teachers: int = 5
+    aux_batch_size: int | None = None  # joint bundles' auxiliary batch (None: the bundle's batch_size // 2)
 
 
 def _cpu_jiffies() -> tuple[int, int]:
@@ -119,6 +120,24 @@ class HandLoop:
         loss.backward()
         self.optimizer.step()
 
+    def timed_loader(self, loader: Any, iterations: int) -> float:
+        """Seconds of ``iterations`` steps over ``loader``'s batches (the bundle's own DataLoader: loading and
+        augmentation included), in a bare loop: what the engine adds is the difference to the bundle's epoch."""
+        _sync()
+        t0 = time.perf_counter()
+        for i, batch in enumerate(loader):
+            if i == iterations:
+                break
+            x = self.precision.batch(batch["image"].as_subclass(torch.Tensor).to(self.images.device))
+            y = batch["label"].as_subclass(torch.Tensor).to(self.images.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.precision.autocast():
+                logits = self.network(x)
+            self.loss_fn(logits.float(), y).backward()
+            self.optimizer.step()
+        _sync()
+        return time.perf_counter() - t0
+
     def timed(self, iterations: int) -> float:
         _sync()
         t0 = time.perf_counter()
@@ -163,7 +182,7 @@ def bench(
         trainer = workflow.parser.get_parsed_content("train#trainer")
         hand = HandLoop(workflow.parser, batch_size)
         hand.timed(3)  # warm-up
-        epochs, waits, hands, others = [], [], [], []
+        epochs, waits, hands, loops, others = [], [], [], [], []
         state = {"wait": 0.0, "t0": 0.0, "batch": 0.0}
         meter = LoadMeter()
 
@@ -188,6 +207,7 @@ def bench(
             waits.append(state["wait"] / elapsed)
             hand_meter = LoadMeter().start()
             hands.append(hand.timed(engine.state.epoch_length))
+            loops.append(hand.timed_loader(engine.data_loader, engine.state.epoch_length))
             others.append(hand_meter.other_cores())
 
         trainer.add_event_handler(Events.EPOCH_STARTED, epoch_started)
@@ -200,6 +220,7 @@ def bench(
     return {
         "bundle": n_images / statistics.median(epochs),
         "hand": steps * batch_size / statistics.median(hands),
+        "loop": n_images / statistics.median(loops),
         "wait_share": statistics.median(waits),
         "other_cores": max(others[1:]),
     }
@@ -222,7 +243,9 @@ def timed_pretexts(model: Any, clock: dict[str, float]) -> None:
         task.pretext = timed
 
 
-def bench_step(bundle: str, dataset_dir: Path, image_size: int, batch_size: int, repeats: int) -> dict[str, float]:
+def bench_step(
+    bundle: str, dataset_dir: Path, image_size: int, batch_size: int, repeats: int, **overrides: Any
+) -> dict[str, float]:
     """Median seconds per training step of a bundle's trainer (epoch 1, which fills the cache, not
     counted) and the share of that step spent generating pretexts."""
     from ignite.engine import Events
@@ -239,6 +262,7 @@ def bench_step(bundle: str, dataset_dir: Path, image_size: int, batch_size: int,
             num_workers=0,
             epochs=repeats + 1,
             val_interval=10_000,
+            **overrides,
         )
         workflow.initialize()
         trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -329,21 +353,23 @@ def distill_table(setting: BenchSetting) -> None:
     print(f"{'epoch':<22} {'s':>7} {'vs baseline':>11}")
     for name, value in (("baseline", base), ("distill, cached", cached), ("distill, online", online)):
         print(f"{name:<22} {value:>7.1f} {value / base:>10.2f}x")
-    print("target: cached distillation epoch <= 1.2x the baseline epoch")
+    print("target: cached distillation epoch <= 1.1x the baseline epoch")
 
 
 def stage1_table(setting: BenchSetting) -> None:
     """Step time of every joint bundle relative to the baseline's step (target <= 1.6x)."""
     bundles = ["baseline", *sorted(p.name for p in BUNDLES.iterdir() if p.name.endswith("_joint"))]
     size = f"{setting.image_size}x{setting.image_size}"
-    print(f"\nstep time, {size}, batch {setting.batch_size} (aux batch: aux_batch_size)")
+    aux = setting.aux_batch_size or f"{setting.batch_size // 2} (batch_size // 2)"
+    print(f"\nstep time, {size}, batch {setting.batch_size}, aux batch {aux}, bundle defaults otherwise")
     print(f"{'bundle':<18} {'ms/step':>8} {'vs baseline':>11} {'pretext share':>13}")
     base = None
     for bundle in bundles:
-        r = bench_step(bundle, setting.dataset_dir, setting.image_size, setting.batch_size, setting.repeats)
+        extra = {"aux_batch_size": setting.aux_batch_size} if setting.aux_batch_size and bundle != "baseline" else {}
+        r = bench_step(bundle, setting.dataset_dir, setting.image_size, setting.batch_size, setting.repeats, **extra)
         base = base or r["step_s"]
         print(f"{bundle:<18} {r['step_s'] * 1000:>8.0f} {r['step_s'] / base:>10.2f}x {r['pretext_share']:>13.1%}")
-    print("target: joint step <= 1.6x the baseline step")
+    print("target: joint step <= 1.25x the baseline step, multitask_joint <= 1.8x")
 
 
 INFERENCE_IMAGES = 8
@@ -448,11 +474,12 @@ def run_benchmark(
     distill: bool = False,
     teachers: int = 5,
     only: str | None = None,
+    aux_batch_size: int | None = None,
 ) -> int:
     """Measure the trainer against the hand loop per DataLoader worker count (``only``: just the ``stage1``,
     ``distill`` or ``inference`` table), then the optional tables; print them. Generates the demo data when
     missing."""
-    setting = BenchSetting(Path(dataset_dir), image_size, batch_size, repeats, teachers)
+    setting = BenchSetting(Path(dataset_dir), image_size, batch_size, repeats, teachers, aux_batch_size)
     if not (setting.dataset_dir / "train-rle.csv").is_file():
         print(f"{setting.dataset_dir} missing: generating the demo data there")
         make_demo_siim(setting.dataset_dir)
@@ -466,16 +493,25 @@ def run_benchmark(
         return 0
     size = f"{setting.image_size}x{setting.image_size}"
     print(f"baseline trainer, {size}, batch {setting.batch_size}, data {setting.dataset_dir}")
-    header = f"{'workers':>7} {'bundle img/s':>12} {'hand img/s':>10} {'ratio':>6} {'data wait':>9} {'other load':>10}"
+    header = (
+        f"{'workers':>7} {'bundle img/s':>12} {'raw loop img/s':>14} {'ratio':>6} "
+        f"{'in-memory img/s':>15} {'ratio':>6} {'data wait':>9} {'other load':>10}"
+    )
     print(header)
     for n in workers:
         r = bench(setting.dataset_dir, setting.image_size, setting.batch_size, n, setting.repeats)
         flag = "  (busy machine: repeat)" if r["other_cores"] > 0.2 else ""
         print(
-            f"{n:>7} {r['bundle']:>12.1f} {r['hand']:>10.1f} {r['bundle'] / r['hand']:>6.2f} "
-            f"{r['wait_share']:>9.1%} {r['other_cores']:>9.2f}c{flag}"
+            f"{n:>7} {r['bundle']:>12.1f} {r['loop']:>14.1f} {r['bundle'] / r['loop']:>6.2f} "
+            f"{r['hand']:>15.1f} {r['bundle'] / r['hand']:>6.2f} {r['wait_share']:>9.1%} "
+            f"{r['other_cores']:>9.2f}c{flag}"
         )
-    print("targets: ratio >= 0.9, data wait <= 10% (epoch 2, cache warm); 'other load' = cores used by other processes")
+    print(
+        "raw loop: the bundle's DataLoader (loading, augmentation) in a bare loop, same precision; in-memory: no data"
+    )
+    print(
+        "targets: ratio to the raw loop >= 0.95, data wait <= 5% (epoch 2, cache warm); 'other load': other processes"
+    )
     if stage1:
         stage1_table(setting)
     if distill:

@@ -5,9 +5,9 @@ Bundle: ``configs/inference.json`` run by MONAI's ``ConfigWorkflow`` (``LoadXray
 under the bundle's precision, the post-processing, ``Invertd`` back to the original size, ``SaveMaskd``'s
 PNG), timed from ``run()`` to its end. Raw loop: the same decoder (``common.data.imaging.read_image``),
 ``torch.nn.functional.interpolate`` (area) to the network's size, the network under the same ``Precision``,
-sigmoid + threshold, nearest-neighbour back to the original size, PIL's PNG writer; each stage timed. On
-the demo's synthetic 512 px DICOMs and on full-size 1024 x 1024 SIIM-ACR DICOMs when ``../shared/data`` has
-them. Seeded random weights (speed, not quality).
+sigmoid + threshold + the minimum-area rule, nearest-neighbour back to the original size, PIL's PNG writer;
+each stage timed. On the demo's synthetic 512 px DICOMs and on full-size 1024 x 1024 SIIM-ACR DICOMs when
+``../shared/data`` has them. Seeded random weights (speed, not quality).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from common.data.imaging import list_images, read_image
+from common.data.imaging import list_images, read_image, stem
 from pipeline.benchmark import BenchSetting, LoadMeter, _speed_bundle
 from pipeline.paths import REPO, portable_path
 
@@ -67,7 +67,7 @@ def raw_loop(bundle: Path, images: Path, out: Path, size: int) -> dict[str, floa
     parser = bundle_parser(bundle)
     precision = parser.get_parsed_content("precision")
     network = precision.network(torch_network(bundle))
-    threshold = 0.5
+    threshold, min_area = (parser.get_parsed_content(k) for k in ("pred_threshold", "min_pred_area_fraction"))
     clock = dict.fromkeys(STAGES, 0.0)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -89,9 +89,11 @@ def raw_loop(bundle: Path, images: Path, out: Path, size: int) -> dict[str, floa
                 logits = network(precision.batch(x))
             t = lap("network", t)
             mask = (torch.sigmoid(logits.float()) > threshold).to(torch.uint8)
+            if mask.sum() < min_area * mask.numel():  # the bundle's EmptySmallMaskd
+                mask.zero_()
             mask = F.interpolate(mask, size=tuple(original), mode="nearest")[0, 0].numpy()
             t = lap("postprocess", t)
-            Image.fromarray(mask).save(out / f"{Path(item['image']).stem}.png")
+            Image.fromarray(mask).save(out / f"{stem(item['image'])}_seg.png")  # SaveMaskd's name
             lap("write", t)
     return clock
 

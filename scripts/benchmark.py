@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--distill", action="store_true", help="also time distillation epochs (cached, online)")
     parser.add_argument("--teachers", type=int, default=5, help="teachers in the distillation benchmark")
+    parser.add_argument("--aux-batch-size", type=int, help="stage-1 table: the joint bundles' auxiliary batch")
     parser.add_argument(
         "--only",
         choices=["stage1", "distill", "inference", "inference-loop", "precision"],

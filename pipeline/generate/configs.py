@@ -212,10 +212,12 @@ def joint_train(variant: Variant) -> dict[str, Any]:
 
 
 def ddp(module: str, **options: Any) -> dict[str, Any]:
-    """DistributedDataParallel around the config id ``module`` (on this rank's device)."""
+    """DistributedDataParallel around the config id ``module`` (on this rank's device), its weights put in the
+    precision's memory layout before DDP builds its gradient buckets (whose strides must match the weights')."""
+    expression = module[1:] if module.startswith("$") else module
     return {
         "_target_": "torch.nn.parallel.DistributedDataParallel",
-        "module": module,
+        "module": f"$@precision.network({expression})",
         "device_ids": "$[@device] if torch.cuda.is_available() else None",
         **options,
     }
