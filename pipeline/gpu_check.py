@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from common.data.demo import make_demo_siim
+from common.utils.checkpoints import load_checkpoint
 from common.utils.io import atomic_write_json
 from pipeline.benchmark import _selection_of_random_teachers, bench
 from pipeline.multidomain import write_demo_multidomain
@@ -96,7 +97,7 @@ def _checkpoint_loads(bundle: str, model_file: Path) -> bool:
     parser = ConfigParser()
     parser.read_config(str(BUNDLES / bundle / "configs" / "inference.json"))
     network = parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
+    network.load_state_dict(load_checkpoint(model_file))
     return True
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from common.utils.io import atomic_path, atomic_write_json
 from common.utils.metrics import BLANK_POSITIVE_DICE, RunMetrics
 from pipeline.paths import BUNDLES
+from pipeline.per_image import most_different, paired, plot_scatter
 
 METRICS = ("dice", "dice_positive", "iou", "dice_hmean")
 TUNED_METRICS = ("dice", "dice_positive")  # the columns of the test with post-processing tuned on validation
@@ -251,8 +252,18 @@ def training_image_size(run: dict[str, Any], settings: dict[str, Any]) -> int:
     return int(size if size is not None else json.loads(BASELINE_TRAIN.read_text())["image_size"])
 
 
+def per_image_run(run: dict[str, Any]) -> dict[str, Any]:
+    """What ``pipeline.per_image`` reads of a run: its key, model folders and which test images are positive."""
+    from common.data.datalist import load_datalist
+
+    datalist = Path(run["dir"]) / "datalist.json"
+    test = load_datalist(datalist)["test"] if datalist.is_file() else []
+    return {"key": run_key(run), "models": run["models"], "positive": {it["image"]: it.get("positive") for it in test}}
+
+
 def _overlay_figure(out: Path, run: dict[str, Any], image_size: int, n: int = 4) -> bool:
-    """The overlay grid for the first seed's first ``n`` test images (positives first)."""
+    """The overlay grid of the first run's ``n`` test images where the student's and the baseline's Dice differ
+    most (``pipeline.per_image``; without their per-image scores: positives first)."""
     from common.data.datalist import load_datalist
     from common.data.transforms import LoadMaskd, LoadXrayd
 
@@ -263,7 +274,11 @@ def _overlay_figure(out: Path, run: dict[str, Any], image_size: int, n: int = 4)
     if not (student.is_file() and baseline.is_file() and teachers_file.is_file()):
         return False
     test = load_datalist(Path(run["dir"]) / "datalist.json")["test"]
-    test = sorted(test, key=lambda it: not it.get("positive", True))[:n]
+    chosen = most_different(paired([per_image_run(run)], "baseline", "distill"), n)
+    if chosen:
+        test = sorted((it for it in test if it["image"] in chosen), key=lambda it: chosen.index(it["image"]))
+    else:
+        test = sorted(test, key=lambda it: not it.get("positive", True))[:n]
     images, masks = predict_masks(
         {"baseline": baseline, "teacher ensemble": ("ensemble", teachers_file), "student": student},
         [it["image"] for it in test],
@@ -330,6 +345,8 @@ def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str,
     plot_test_dice(summary, out / "test_dice.png")
     plot_curves(rows, out / "curves.png")
     has_overlays = _overlay_figure(out, seeds[0], training_image_size(seeds[0], settings))
+    pairs = paired([per_image_run(r) for r in seeds], "baseline", "distill")
+    has_scatter = plot_scatter(pairs, "baseline", "student (distill)", out / "per_image.png")
     keys = [run_key(r) for r in seeds]
     per_seed = {
         key: {row: {k: v for k, v in per[key].items() if k != "history"} for row, per in rows.items() if key in per}
@@ -371,8 +388,20 @@ def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str,
         "![learning curves](curves.png)",
         "",
     ]
+    if has_scatter:
+        lines += [
+            f"Per test image, student against baseline (every run: {len(pairs)} images; the competition Dice of each):",
+            "",
+            "![per-image Dice, student vs baseline](per_image.png)",
+            "",
+        ]
     if has_overlays:
-        lines += ["Test images (first run), prediction in colour:", "", "![predictions](overlays.png)", ""]
+        lines += [
+            "The first run's test images where student and baseline differ most, prediction in colour:",
+            "",
+            "![predictions](overlays.png)",
+            "",
+        ]
     lines += ["Machine-readable: `results.json`. Per-bundle logs: `logs/`.", ""]
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text("\n".join(lines))

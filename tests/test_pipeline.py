@@ -63,7 +63,7 @@ def test_pipeline_end_to_end_then_resumes_without_training(
         assert f"{summary[row]['test_dice']['mean']:.3f}" in report  # the report shows results.json's numbers
         if row != "teacher ensemble":
             assert f"| {summary[row]['test_tuned_dice']['mean']:.3f} |" in report
-    for figure in ("test_dice.png", "curves.png", "overlays.png"):
+    for figure in ("test_dice.png", "curves.png", "overlays.png", "per_image.png"):
         assert (out / figure).stat().st_size > 1000 and f"({figure})" in report
 
     assert run_pipeline(args) == 0  # everything current: nothing retrained or re-evaluated

@@ -1,0 +1,97 @@
+"""The few-label study's learning curve (``scripts/learning_curve.py``): test Dice against the number of
+labelled images, one line per model family with a band of ± one standard deviation over folds x seeds,
+from the summaries ``run_pipeline.py --publish`` wrote for each labelled size.
+
+Families: the baseline, the best stage-1 teacher (the one with the highest mean validation ``dice_hmean`` at
+that size: chosen on validation, never on test), ``multitask_joint``, ``mean_teacher``, the teacher
+ensemble and the distilled student.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+FAMILIES = ("baseline", "best teacher (validation)", "multitask_joint", "mean_teacher", "teacher ensemble",
+            "student (distill)")  # fmt: skip
+METRICS = {"test_dice_positive": "test Dice, images with a lesion", "test_dice": "test Dice (competition rule)"}
+VALIDATION_KEY = "val_dice_hmean"
+
+
+def labelled_count(result: dict[str, Any]) -> int:
+    """The labelled training images per run of a published summary (``--labelled-count``)."""
+    count = result.get("settings", {}).get("labelled_count")
+    if not isinstance(count, int):
+        raise ValueError(f"{result.get('label', 'a summary')}: no settings.labelled_count (run with --labelled-count)")
+    return count
+
+
+def best_teacher(summary: dict[str, Any]) -> str | None:
+    """The summary row of the teacher with the highest mean validation ``dice_hmean`` (None without teachers)."""
+    teachers = {k: v for k, v in summary.items() if k.startswith("teacher ") and k != "teacher ensemble"}
+    scored = {k: v[VALIDATION_KEY]["mean"] for k, v in teachers.items() if v.get(VALIDATION_KEY, {}).get("mean")}
+    return max(scored, key=scored.__getitem__) if scored else None
+
+
+def curve_points(results: Sequence[dict[str, Any]], metric: str) -> dict[str, list[tuple[int, float, float, int]]]:
+    """Family -> [(labelled images, mean, std, runs)] sorted by size, for ``metric``."""
+    points: dict[str, list[tuple[int, float, float, int]]] = {f: [] for f in FAMILIES}
+    for result in results:
+        n, summary = labelled_count(result), result["summary"]
+        rows = {f: f for f in FAMILIES}
+        rows["best teacher (validation)"] = best_teacher(summary) or ""
+        for family, row in rows.items():
+            stat = summary.get(row, {}).get(metric)
+            if stat and stat.get("mean") is not None:
+                points[family].append((n, stat["mean"], stat.get("std") or 0.0, stat.get("n", 1)))
+    return {f: sorted(p) for f, p in points.items() if p}
+
+
+def table(results: Sequence[dict[str, Any]], metric: str = "test_dice_positive") -> str:
+    """Markdown: one row per family, one column per labelled size, mean ± std (runs)."""
+    points = curve_points(results, metric)
+    sizes = sorted({labelled_count(r) for r in results})
+    lines = [f"| {METRICS.get(metric, metric)} | " + " | ".join(f"n = {n}" for n in sizes) + " |"]
+    lines.append("|---|" + "---|" * len(sizes))
+    for family, pts in points.items():
+        by_n = {p[0]: p for p in pts}
+        cells = [f"{by_n[n][1]:.3f} ± {by_n[n][2]:.3f} ({by_n[n][3]})" if n in by_n else "–" for n in sizes]
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
+    """One panel per metric of ``METRICS``: mean per family against labelled images, ± std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(5.2 * len(METRICS), 3.8), squeeze=False)
+    for ax, (metric, title) in zip(axes[0], METRICS.items(), strict=True):
+        for family, pts in curve_points(results, metric).items():
+            n, mean, std = ([p[i] for p in pts] for i in range(3))
+            ax.plot(n, mean, marker="o", ms=3, label=family)
+            ax.fill_between(n, [m - s for m, s in zip(mean, std, strict=True)],
+                            [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15)  # fmt: skip
+        ax.set(xscale="log", xlabel="labelled training images", ylabel=title, ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def load(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """The published summaries, one per labelled size (two with the same size: an error naming both)."""
+    results, seen = [], {}
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        n = labelled_count(result)
+        if n in seen:
+            raise ValueError(f"{seen[n]} and {path} both hold {n} labelled images")
+        seen[n] = path
+        results.append(result)
+    return results
