@@ -55,7 +55,7 @@ def plot_scatter(pairs: Sequence[tuple[str, str, float, float, bool]], a: str, b
         return False
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    fig, ax = plt.subplots(figsize=(4.2, 4.6))
     for positive, colour, label in ((False, "0.55", "no lesion"), (True, "tab:red", "pneumothorax / lesion")):
         pts = [(p[2], p[3]) for p in pairs if p[4] == positive]
         if pts:
@@ -65,7 +65,8 @@ def plot_scatter(pairs: Sequence[tuple[str, str, float, float, bool]], a: str, b
     worse = sum(p[3] < p[2] for p in pairs)
     ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), xlabel=f"{a}: test Dice per image", ylabel=f"{b}: test Dice")
     ax.set_title(f"{b} better on {better}, worse on {worse} of {len(pairs)} images", fontsize=8)
-    ax.legend(fontsize=7, loc="lower right")
+    # below the axes: the corners (1, 0) and (0, 1) hold the decisive points (an empty negative kept or lost)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
