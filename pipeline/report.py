@@ -19,6 +19,7 @@ import numpy as np
 
 from common.utils.io import atomic_path, atomic_write_json
 from common.utils.metrics import BLANK_POSITIVE_DICE, RunMetrics
+from pipeline import compute, pretext_curves
 from pipeline.paths import BUNDLES
 from pipeline.per_image import most_different, paired, plot_scatter
 
@@ -361,6 +362,8 @@ def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str,
     }
     if settings.get("folds"):
         results["test_ids"] = {run_key(r): r.get("test_ids", []) for r in seeds}
+    records, unreadable = compute.read(out / "logs")
+    results["compute"] = compute.summarise(records)
     atomic_write_json(out / "results.json", results)
     ext = f"; then Dice and positive-only Dice on the external test set(s) {', '.join(external)}" if external else ""
     lines = [
@@ -388,6 +391,18 @@ def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str,
         "![learning curves](curves.png)",
         "",
     ]
+    pretext = pretext_curves.pretraining_curves(out / "logs")
+    if pretext:
+        pretext_curves.plot_curves(pretext, out / "pretext_curves.png")
+        changes = {name: pretext_curves.plateau(curve) for name, curve in pretext.items()}
+        said = ", ".join(f"{n} {c:+.0%}" for n, c in changes.items() if c is not None) or "too few epochs to say"
+        lines += [
+            "Pool pre-training, pretext loss per epoch (mean of the last 5 epochs against the 5 before: "
+            f"{said}; a curve that still falls wants more epochs):",
+            "",
+            "![pretext loss per epoch](pretext_curves.png)",
+            "",
+        ]
     if has_scatter:
         lines += [
             f"Per test image, student against baseline (every run: {len(pairs)} images; the competition Dice of each):",
@@ -400,6 +415,15 @@ def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str,
             "The first run's test images where student and baseline differ most, prediction in colour:",
             "",
             "![predictions](overlays.png)",
+            "",
+        ]
+    if results["compute"]:
+        lines += [
+            "Compute per run, CPU minutes (wall minutes in brackets), mean over the runs recorded in "
+            f"`logs/{compute.COMPUTE_FILE}`{f' ({unreadable} unreadable lines skipped)' if unreadable else ''}; "
+            "a resumed run counts all its segments:",
+            "",
+            compute.compute_table(results["compute"]),
             "",
         ]
     lines += ["Machine-readable: `results.json`. Per-bundle logs: `logs/`.", ""]

@@ -4,6 +4,7 @@ Hardware: ``jobs`` bundles at once (default: one per GPU; without a GPU one per 
 each job sees one GPU (CUDA_VISIBLE_DEVICES) or its share of the CPU threads. ``nproc > 1`` instead
 trains each bundle with ``torchrun --nproc_per_node=nproc`` and its ``multi_gpu_train.json``. With
 ``tracking_dir`` every bundle command is tracked with MLflow in that run folder's store (``pipeline.tracking``).
+Every command's wall and CPU time goes to ``logs/compute.jsonl`` (``pipeline.compute``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from pipeline import compute
 from pipeline.paths import REPO
 from pipeline.tracking import bundle_arguments, prepare
 
@@ -48,6 +51,22 @@ def default_jobs() -> int:
     if gpus:
         return gpus
     return max(1, min(6, os.cpu_count() or 1))
+
+
+def _run_measured(cmd: list[str], env: dict[str, str], log: IO[str]) -> tuple[int, float, float]:
+    """Run ``cmd`` with its output in ``log``; return its exit code, wall seconds and CPU seconds (user +
+    system of the process and the children it waited for: ``os.wait4``, which ``subprocess`` does not
+    expose)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except BaseException:  # interrupted: do not leave the bundle running (as subprocess.run does)
+        proc.kill()
+        proc.wait()
+        raise
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+    return proc.returncode, time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
 class StepError(RuntimeError):
@@ -107,14 +126,16 @@ class Runner:
             device = self._free_devices.pop(0) if self._free_devices else None
         try:
             with open(log, "w") as f:
-                proc = subprocess.run(cmd, cwd=REPO, env=self._env(device), stdout=f, stderr=subprocess.STDOUT)
+                returncode, wall_s, cpu_s = _run_measured(cmd, self._env(device), f)
         finally:
             if device is not None:
                 with self._lock:
                     self._free_devices.append(device)
-        if proc.returncode != 0:
+        with self._lock:  # what the command cost, failed or not (a resumed run adds its segments)
+            compute.record(self.log_dir, log_name, str(overrides.get("datalist_file", "")), wall_s, cpu_s)
+        if returncode != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-            raise StepError(f"{log_name} failed (exit {proc.returncode}); log: {log}\n{tail}")
+            raise StepError(f"{log_name} failed (exit {returncode}); log: {log}\n{tail}")
 
     def run_all(self, work: dict[str, Callable[[], str]]) -> None:
         """Call every ``label -> function`` (``jobs`` at a time; one with torchrun), printing ``label: result``

@@ -1,4 +1,4 @@
-"""The pre-training hand-off: shared weights transferred exactly, segmentation head fresh."""
+"""The pre-training hand-off (shared weights transferred exactly, segmentation head fresh) and the output prior."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 from monai.networks.nets import UNet
 
 from common.ssl import create_task
-from common.training.networks import MultiTaskUNet, seg_head_prefix, transfer_pretrained
+from common.training.networks import MultiTaskUNet, seg_head_prefix, transfer_pretrained, with_output_prior
+from common.utils.settings import check_settings
 
 
 def _unet(seed: int) -> UNet:
@@ -43,3 +44,28 @@ def test_transfer_refuses_another_architecture() -> None:
     partial = {k: v for k, v in _unet(0).state_dict().items() if not k.startswith("model.0.")}
     with pytest.raises(KeyError, match="lack"):
         transfer_pretrained(_unet(1), partial)
+
+
+@pytest.mark.parametrize("res_units", [0, 2])
+def test_output_prior_starts_the_network_near_the_prior(res_units: int) -> None:
+    torch.manual_seed(0)
+    net = UNet(2, 1, 1, (8, 16, 32), (2, 2), num_res_units=res_units, norm="batch")
+    x = torch.rand(4, 1, 32, 32)
+    fresh = torch.sigmoid(net(x)).mean().item()
+    assert with_output_prior(net, "off") is net and torch.sigmoid(net(x)).mean().item() == pytest.approx(fresh)
+    with_output_prior(net, 0.01)
+    for mode in (net.train, net.eval):
+        mode()
+        assert 0.002 < torch.sigmoid(net(x)).mean().item() < 0.05  # was about 0.5
+
+
+def test_output_prior_survives_the_pretrained_transfer() -> None:
+    net = with_output_prior(_unet(1), 0.01)
+    transfer_pretrained(net, _unet(2).state_dict())
+    assert torch.sigmoid(net(torch.rand(2, 1, 32, 32))).mean().item() < 0.05
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, "abc"])
+def test_output_prior_setting_refuses_what_has_no_finite_logit(value: object) -> None:
+    with pytest.raises(SystemExit, match=r"error: --output_prior .*: must be a number in \(0, 1\)"):
+        check_settings(output_prior=value)

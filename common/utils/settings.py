@@ -215,6 +215,19 @@ def _precision_choice(name: str, value: Any) -> Any:
     return precision_choice(name, value)
 
 
+def _output_prior(name: str, value: Any) -> float | None:
+    """Off (as ``pos_sample_rate``) or a probability strictly between 0 and 1 (its logit must be finite)."""
+    from common.data.sampling import OFF, rate_setting
+
+    try:
+        rate = rate_setting(value)
+    except (TypeError, ValueError):
+        rate = float("nan")
+    if rate is not None and not 0.0 < rate < 1.0:  # (NaN fails too)
+        raise SettingError(name, value, f"must be a number in (0, 1) or one of {', '.join(OFF)}")
+    return rate
+
+
 def _aux_images(name: str, value: Any) -> str:
     from common.data.pool import AUX_IMAGES
 
@@ -251,6 +264,7 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "pos_sample_rate": optional_rate,
     "pos_sample_rate_final": optional_rate,
     "samples_per_epoch": _samples_per_epoch,
+    "output_prior": _output_prior,
     "batch_size": lambda n, v: whole_number(n, v, 1),
     "num_workers": lambda n, v: whole_number(n, v, 0),
     "learning_rate": lambda n, v: real_number(n, v, 0, low_open=True),
