@@ -4,7 +4,9 @@ from the summaries ``run_pipeline.py --publish`` wrote for each labelled size.
 
 Families: the baseline, the best stage-1 teacher (the one with the highest mean validation ``dice_hmean`` at
 that size: chosen on validation, never on test), ``multitask_joint``, ``mean_teacher``, the teacher
-ensemble and the distilled student.
+ensemble and the distilled student. A summary of ``scripts/ablate.py`` (``kind`` ablation) adds its arm
+named ``baseline`` (the bundle's defaults) as a line of its own: the baseline alone on every fold, cheap
+enough to run at sizes where the whole pipeline is not.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 FAMILIES = ("baseline", "best teacher (validation)", "multitask_joint", "mean_teacher", "teacher ensemble",
             "student (distill)")  # fmt: skip
+ABLATION_FAMILY, ABLATION_ARM = "baseline alone (ablate.py)", "baseline"
 METRICS = {"test_dice_positive": "test Dice, images with a lesion", "test_dice": "test Dice (competition rule)"}
 VALIDATION_KEY = "val_dice_hmean"
 
@@ -37,11 +40,14 @@ def best_teacher(summary: dict[str, Any]) -> str | None:
 
 def curve_points(results: Sequence[dict[str, Any]], metric: str) -> dict[str, list[tuple[int, float, float, int]]]:
     """Family -> [(labelled images, mean, std, runs)] sorted by size, for ``metric``."""
-    points: dict[str, list[tuple[int, float, float, int]]] = {f: [] for f in FAMILIES}
+    points: dict[str, list[tuple[int, float, float, int]]] = {f: [] for f in (*FAMILIES, ABLATION_FAMILY)}
     for result in results:
         n, summary = labelled_count(result), result["summary"]
-        rows = {f: f for f in FAMILIES}
-        rows["best teacher (validation)"] = best_teacher(summary) or ""
+        if result.get("kind") == "ablation":
+            rows = {ABLATION_FAMILY: ABLATION_ARM}
+        else:
+            rows = {f: f for f in FAMILIES}
+            rows["best teacher (validation)"] = best_teacher(summary) or ""
         for family, row in rows.items():
             stat = summary.get(row, {}).get(metric)
             if stat and stat.get("mean") is not None:
@@ -85,13 +91,16 @@ def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def load(paths: Sequence[Path]) -> list[dict[str, Any]]:
-    """The published summaries, one per labelled size (two with the same size: an error naming both)."""
+    """The published summaries: per labelled size one pipeline summary and one baseline ablation at most
+    (two of a kind with the same size: an error naming both; an ablation without a ``baseline`` arm: an error)."""
     results, seen = [], {}
     for path in paths:
         result = json.loads(Path(path).read_text())
-        n = labelled_count(result)
-        if n in seen:
-            raise ValueError(f"{seen[n]} and {path} both hold {n} labelled images")
-        seen[n] = path
+        n, kind = labelled_count(result), result.get("kind", "pipeline")
+        if (kind, n) in seen:
+            raise ValueError(f"{seen[kind, n]} and {path} both hold {n} labelled images")
+        if kind == "ablation" and ABLATION_ARM not in result.get("summary", {}):
+            raise ValueError(f"{path}: an ablation summary without an arm named {ABLATION_ARM!r}")
+        seen[kind, n] = path
         results.append(result)
     return results

@@ -2,10 +2,13 @@
 """The few-label study's learning curve from its published summaries, one per labelled size.
 
 Reads the ``scripts/results/siim_real_n*.json`` files that ``run_pipeline.py --labelled-count N --publish``
-wrote, plots test Dice (images with a lesion; competition rule) against the number of labelled images, one
-line per model family with a ± std band over folds x seeds, and prints the table. ``pipeline/learning_curve.py``.
+wrote (and the baseline-alone ``scripts/ablate.py --labelled-count N --arm baseline --publish`` summaries,
+``siim_real_baseline_n*.json``), plots test Dice (images with a lesion; competition rule) against the number
+of labelled images, one line per model family with a ± std band over folds x seeds, and prints the table.
+``pipeline/learning_curve.py``.
 
-    python scripts/learning_curve.py scripts/results/siim_real_n*.json --out runs/study/learning_curve.png
+    python scripts/learning_curve.py scripts/results/siim_real_n*.json scripts/results/siim_real_baseline_n*.json \
+        --out runs/study/learning_curve.png
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from pipeline.learning_curve import load, plot, table
 def main(argv: list[str] | None = None) -> int:
     """Plot and print; a summary without a labelled count, or two of one size, stops with one line."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", type=Path, nargs="+", help="published summaries (one per labelled size)")
+    parser.add_argument(
+        "results", type=Path, nargs="+", help="published summaries (per size: one pipeline run, one baseline ablation)"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/study/learning_curve.png"), help="the figure")
     args = parser.parse_args(argv)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from monai.networks.nets import UNet
@@ -69,3 +71,20 @@ def test_output_prior_survives_the_pretrained_transfer() -> None:
 def test_output_prior_setting_refuses_what_has_no_finite_logit(value: object) -> None:
     with pytest.raises(SystemExit, match=r"error: --output_prior .*: must be a number in \(0, 1\)"):
         check_settings(output_prior=value)
+
+
+@pytest.mark.parametrize("bundle", ["baseline", "rotation_pretrain", "mean_teacher", "distill"])
+def test_every_bundle_trains_from_the_prior_by_default(bundle: str) -> None:
+    from monai.bundle import ConfigParser
+
+    from common.training.networks import output_convolution
+    from tests.conftest import REPO
+
+    parser = ConfigParser()
+    parser.read_config(REPO / "bundles" / bundle / "configs" / "train.json")
+    assert parser["output_prior"] == 0.01
+    gpu = ConfigParser.load_config_file(REPO / "bundles" / bundle / "configs" / "multi_gpu_train.json")
+    assert "with_output_prior(@network_def, @output_prior)" in json.dumps(gpu) or "network" not in gpu
+    parser["device"] = "$torch.device('cpu')"
+    bias = output_convolution(parser.get_parsed_content("network")).bias
+    assert torch.allclose(bias, torch.logit(torch.tensor(0.01)))

@@ -53,6 +53,27 @@ def test_one_summary_per_size_with_a_count(tmp_path: Path) -> None:
         load([b])
 
 
+def _ablation(n: int, baseline: float) -> dict:
+    rows = {"baseline": {"test_dice_positive": _stat(baseline, 0.01)}, "other": {"test_dice_positive": _stat(0.9)}}
+    return {"kind": "ablation", "settings": {"labelled_count": n}, "summary": rows}
+
+
+def test_a_baseline_ablation_is_a_line_of_its_own_beside_the_pipeline(tmp_path: Path) -> None:
+    paths = []
+    for name, result in {"n8": _summary(8, 0.2), "b8": _ablation(8, 0.05), "b32": _ablation(32, 0.15)}.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result))
+    points = curve_points(load(paths), "test_dice_positive")
+    assert points["baseline alone (ablate.py)"] == [(8, 0.05, 0.01, 5), (32, 0.15, 0.01, 5)]  # its other arm: not drawn
+    assert points["baseline"] == [(8, 0.10, 0.02, 5)]
+    paths[-1].write_text(json.dumps(_ablation(8, 0.1)))
+    with pytest.raises(ValueError, match="both hold 8 labelled images"):
+        load(paths)
+    paths[-1].write_text(json.dumps({**_ablation(32, 0.1), "summary": {"other": {}}}))
+    with pytest.raises(ValueError, match="without an arm named 'baseline'"):
+        load(paths)
+
+
 def _raw(folder: Path, scores: dict[str, float]) -> None:
     out = folder / "eval" / "test"
     out.mkdir(parents=True)
