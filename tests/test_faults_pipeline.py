@@ -35,7 +35,7 @@ def pipeline_args(dataset: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--dataset-dir", str(dataset), "--out", str(out), "--scale", "demo", "--labelled-fraction", "0.5",
         "--tasks", "rotation", "--skip", "multitask_joint", "rotation_pretrain", "mean_teacher", "--jobs", "1",
-        "--set", "epochs=1", "val_interval=1", "num_workers=0", *extra,
+        "--set", "epochs=1", "val_interval=1", "num_workers=0", "output_prior=off", *extra,
     ]  # fmt: skip
 
 
@@ -141,7 +141,8 @@ def test_no_retrain_stops_at_a_corrupt_model_and_changes_nothing(
 
 def _step(run: Path, dataset: Path, name: str) -> Step:
     """The pipeline's step ``name`` of the run (the same overrides, hence the same fingerprint)."""
-    setting = RunSetting(dataset, run, "demo", {"epochs": 1, "val_interval": 1, "num_workers": 0})
+    overrides = {"epochs": 1, "val_interval": 1, "num_workers": 0, "output_prior": "off"}
+    setting = RunSetting(dataset, run, "demo", overrides)
     data, sha = setting.seed_data(run / "seed0", 0.5, 0)
     return setting.step(name, name, run / "seed0" / name, data, {"datalist": sha})
 

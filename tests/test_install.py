@@ -34,7 +34,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory, tiny_siim: Path) -> tupl
     args = [
         "--dataset-dir", str(tiny_siim), "--out", str(run), "--scale", "demo", "--labelled-fraction", "0.5",
         "--tasks", "rotation", "--skip", "multitask_joint", "rotation_pretrain", "mean_teacher", "--jobs", "1",
-        "--set", "epochs=1", "val_interval=1", "num_workers=0",
+        "--set", "epochs=1", "val_interval=1", "num_workers=0", "output_prior=off",
     ]  # fmt: skip
     assert run_pipeline(args) == 0
     bundles = _bundles_copy(work / "bundles")

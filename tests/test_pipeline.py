@@ -37,7 +37,7 @@ def test_pipeline_end_to_end_then_resumes_without_training(
     args = [
         "--dataset-dir", str(tiny_siim), "--out", str(out), "--scale", "demo", "--labelled-fraction", "0.5",
         "--tasks", "rotation", "hssl", "--skip", "multitask_joint", "hssl_joint", "--jobs", "1",
-        "--set", "epochs=1", "pretrain_epochs=1", "val_interval=1", "num_workers=0",
+        "--set", "epochs=1", "pretrain_epochs=1", "val_interval=1", "num_workers=0", "output_prior=off",
         f"multidomain_datalist={tiny_multidomain}", "--publish", str(tmp_path / "published.json"),
     ]  # fmt: skip
     assert run_pipeline(args) == 0
@@ -79,7 +79,7 @@ def test_lambda_sweep_over_two_seeds_writes_means_of_the_runs(tiny_siim: Path, t
     args = [
         "--dataset-dir", str(tiny_siim), "--out", str(tmp_path / "sweep"), "--table", str(table_file),
         "--tasks", "rotation", "--lambdas", "0.1", "1", "--seeds", "0", "1", "--labelled-fraction", "0.5",
-        "--jobs", "2", "--set", "epochs=1", "val_interval=1", "num_workers=0",
+        "--jobs", "2", "--set", "epochs=1", "val_interval=1", "num_workers=0", "output_prior=off",
     ]  # fmt: skip
     assert sweep_lambda(args) == 0
     table = json.loads(table_file.read_text())
@@ -100,7 +100,7 @@ def test_pretraining_comparison_runs_three_arms(tiny_siim: Path, tiny_multidomai
     args = [
         "--dataset-dir", str(tiny_siim), "--multidomain-datalist", str(tiny_multidomain), "--single-domains", "ct",
         "--fractions", "0.5", "--seeds", "0", "--jobs", "2", "--out", str(out), "--publish", str(tmp_path / "p.json"),
-        "--set", "epochs=1", "pretrain_epochs=1", "val_interval=1", "num_workers=0",
+        "--set", "epochs=1", "pretrain_epochs=1", "val_interval=1", "num_workers=0", "output_prior=off",
     ]  # fmt: skip
     assert compare_pretraining(args) == 0
     results = json.loads((out / "comparison.json").read_text())

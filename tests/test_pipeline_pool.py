@@ -49,7 +49,8 @@ def _args(dataset: Path, out: Path, store: Path, pool: Path, *extra: str) -> lis
         "--dataset-dir", str(dataset), "--out", str(out), "--pretrain-store", str(store), "--scale", "demo",
         "--tasks", "rotation", "--skip", "multitask_joint", "rotation_joint", "mean_teacher", "--jobs", "1",
         "--unlabelled-dir", str(pool),
-        "--set", "epochs=1", "pretrain_epochs=1", "val_interval=1", "num_workers=0", "image_size=32", *extra,
+        "--set", "epochs=1", "pretrain_epochs=1", "val_interval=1", "num_workers=0", "output_prior=off",
+        "image_size=32", *extra,
     ]  # fmt: skip
 
 
