@@ -83,6 +83,9 @@ def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
             ax.fill_between(n, [m - s for m, s in zip(mean, std, strict=True)],
                             [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15)  # fmt: skip
         ax.set(xscale="log", xlabel="labelled training images", ylabel=title, ylim=(0, 1))
+        sizes = sorted({labelled_count(r) for r in results})
+        ax.set_xticks(sizes, [str(n) for n in sizes], minor=False)  # the sizes measured, not powers of ten
+        ax.set_xticks([], minor=True)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
