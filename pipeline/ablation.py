@@ -10,53 +10,21 @@ image. Writes ``<out>/ablation.json``; a published summary goes where the bundle
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pipeline.paths import BUNDLES, portable, write_results
+from pipeline.arms import check_arms
+from pipeline.paths import portable, write_results
 from pipeline.report import BLANK_POSITIVE_DICE, stats
 from pipeline.runner import Runner
-from pipeline.scales import check_overrides, parse_overrides
 from pipeline.setting import RunSetting
 from pipeline.steps import Step, train_and_evaluate
 
-ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a folder name: no dots (``.partial``)
 NOT_METRICS = ("n_images", "best_epoch")  # numbers of an evaluation section that are no metric
 SHOWN = ("dice", "dice_positive", "iou")  # the metrics shown first (the test columns of the table)
-
-
-def parse_arms(specs: Sequence[Sequence[str]] | None, default: str) -> dict[str, dict[str, Any]]:
-    """``--arm NAME key=value ...`` (repeated) -> {name: overrides}; none: one arm ``default`` (the bundle's
-    own settings). Stops (``SystemExit``) on a bad or repeated name and on an item without ``=``."""
-    if not specs:
-        return {default: {}}
-    arms: dict[str, dict[str, Any]] = {}
-    for name, *items in specs:
-        if not ARM_NAME.fullmatch(name):
-            raise SystemExit(f"error: --arm expects NAME [key=value ...]; {name!r} is no name (letters, digits, _, -)")
-        if name in arms:
-            raise SystemExit(f"error: --arm {name} is given twice: every arm needs its own name")
-        bad = [item for item in items if "=" not in item]
-        if bad:
-            raise SystemExit(f"error: --arm {name}: expected key=value, got {bad[0]!r}")
-        arms[name] = parse_overrides(items)
-    return arms
-
-
-def check_arms(arms: Mapping[str, dict[str, Any]], bundle: str) -> None:
-    """Stop (``SystemExit``) when the bundle does not exist or an arm sets a key the bundle does not have."""
-    if not (BUNDLES / bundle / "configs").is_dir():
-        known = ", ".join(sorted(p.parent.name for p in BUNDLES.glob("*/configs")))
-        raise SystemExit(f"error: --bundle {bundle}: no such bundle (known: {known})")
-    for name, overrides in arms.items():
-        try:
-            check_overrides(overrides, [bundle])
-        except SystemExit as e:
-            raise SystemExit(str(e).replace("error: --set ", f"error: --arm {name}: ")) from None
 
 
 def check_arguments(folds: int, labelled_fraction: float, labelled_count: int | None) -> None:

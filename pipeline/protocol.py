@@ -31,6 +31,7 @@ from common.distill.selection import select, select_teachers
 from common.ssl import list_tasks
 from common.utils.checkpoints import CheckpointError
 from common.utils.io import file_sha256
+from pipeline.arms import check_arms
 from pipeline.install import InstallError, install_run
 from pipeline.paths import portable_command, portable_path, publish
 from pipeline.report import write_report
@@ -79,6 +80,9 @@ class Protocol:
     external: dict[str, Path] = field(default_factory=dict)
     only_folds: tuple[int, ...] = ()  # run (and report) only these folds of the k (a sitting's share of a study)
     tune: bool = True  # tune every model's post-processing on validation, then also test with it
+    # student variants trained beside the default one from the same teachers (name -> distill overrides, e.g.
+    # the KD temperature x alpha sweep): each is a model of the report (``distill_<name>``)
+    student_arms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def allow_missing(self) -> bool:
@@ -135,10 +139,19 @@ class Protocol:
             steps[n] = self.setting.step(n, n, seed_dir / n, data, facts, extra)
         return steps
 
-    def distill(self, seed_dir: Path, data: dict[str, Any], datalist_sha: str, teachers: list[dict]) -> Step:
+    def distill(
+        self, seed_dir: Path, data: dict[str, Any], datalist_sha: str, teachers: list[dict], arm: str | None = None
+    ) -> Step:
+        """The student's run (``arm``: the student variant of that name, in ``distill_<arm>``)."""
         facts = {"datalist": datalist_sha, "teachers": [t["sha256"] for t in teachers]}
-        extra = {"teachers_file": str(seed_dir / "teachers.json")}
-        return self.setting.step("distill", "distill", seed_dir / "distill", data, facts, extra)
+        extra = {"teachers_file": str(seed_dir / "teachers.json"), **(self.student_arms[arm] if arm else {})}
+        name = f"distill_{arm}" if arm else "distill"
+        return self.setting.step(name, "distill", seed_dir / name, data, facts, extra)
+
+    def students(self, seed_dir: Path, data: dict[str, Any], datalist_sha: str, teachers: list[dict]) -> list[Step]:
+        """The student, then every student variant, all from the same teachers."""
+        arms = [None, *self.student_arms]
+        return [self.distill(seed_dir, data, datalist_sha, teachers, arm) for arm in arms]
 
 
 def split_label(seed: int, fold: int | None) -> str:
@@ -172,9 +185,14 @@ def run_split(protocol: Protocol, seed: int, fold: int | None, runner: Runner) -
         raise StepError(f"{tag} teacher selection failed (see above)")
     selection = json.loads(selection_file.read_text())
     teachers = selection["teachers"]
-    distill = protocol.distill(seed_dir, data, datalist_sha, teachers)
-    print(f"{tag} stage 2: distill: {train_step(runner, distill, setting.force)}")
-    models = {**steps, "distill": distill}
+    students = protocol.students(seed_dir, data, datalist_sha, teachers)
+    distill = students[0]
+    if len(students) == 1:
+        print(f"{tag} stage 2: distill: {train_step(runner, distill, setting.force)}")
+    else:
+        print(f"{tag} stage 2: {', '.join(s.name for s in students)} ({runner.jobs} at a time)")
+        runner.run_all({f"{tag}   {s.name}": partial(train_step, runner, s, setting.force) for s in students})
+    models = {**steps, **{s.name: s for s in students}}
     if protocol.tune:
         print(f"{tag} post-processing tuned on validation (every model alike)")
         runner.run_all({f"{tag}   {s.name}": partial(tune_step, runner, s) for s in models.values()})
@@ -231,7 +249,7 @@ def plan_split(protocol: Protocol, seed: int, fold: int | None = None) -> None:
         print(f"{tag}   {name}: {plan.label}")
 
     pending = [n for n in teacher_candidates(list(steps)) if plans[n].action != "current"]
-    distill, stamp = None, None
+    distill, stamp, students = None, None, {}
     if pending:
         print(f"{tag} teacher selection: would-select (after training {', '.join(pending)})")
         label = "would-train (its teachers are trained first)"
@@ -244,13 +262,18 @@ def plan_split(protocol: Protocol, seed: int, fold: int | None = None) -> None:
             return
         chosen = ", ".join(f"{t['task']}: {t['mode']}" for t in teachers)
         print(f"{tag} teacher selection: would-select ({chosen}) into {seed_dir / 'teachers.json'}")
-        distill, stamp = protocol.distill(seed_dir, data, datalist_sha, teachers), teachers_stamp(teachers)
-        plans["distill"] = plan_training(distill, setting.force)
+        students = {s.name: s for s in protocol.students(seed_dir, data, datalist_sha, teachers)}
+        distill, stamp = students["distill"], teachers_stamp(teachers)
+        plans.update({n: plan_training(s, setting.force) for n, s in students.items()})
         label = plans["distill"].label
     print(f"{tag} stage 2: distill: {label}")
+    variants = [f"distill_{arm}" for arm in protocol.student_arms]
+    for name in variants:
+        print(f"{tag}   {name}: {plans[name].label if name in plans else 'would-train (after teacher selection)'}")
+    variant_steps = [(n, students.get(n) if distill else None) for n in variants]
 
     print(f"{tag} post-processing tuned on validation" + ("" if protocol.tune else ": no (--no-tuning)"))
-    for name, step in [*steps.items(), ("distill", distill)] if protocol.tune else []:
+    for name, step in [*steps.items(), ("distill", distill), *variant_steps] if protocol.tune else []:
         plan = plans.get(name)
         word, why = (
             ("would-tune", "after training")
@@ -260,7 +283,8 @@ def plan_split(protocol: Protocol, seed: int, fold: int | None = None) -> None:
         print(f"{tag}   {name}: {word} ({why})")
     print(f"{tag} test evaluation")
     evaluations = [(n, s, False) for n, s in steps.items()]
-    evaluations += [("distill", distill, False), ("distill ensemble", distill, True)]
+    evaluations += [("distill", distill, False), *((n, st, False) for n, st in variant_steps)]
+    evaluations += [("distill ensemble", distill, True)]
     tuned = [(TUNED, " tuned")] if protocol.tune else []
     sections = [("test", ""), *tuned, *((f"external_{n}", f" on {n}") for n in protocol.external)]
     for section, where in sections:
@@ -303,6 +327,7 @@ def run_protocol(
     pretrain_store: str | Path | None = None,
     only_folds: Sequence[int] = (),
     tune: bool = True,
+    student_arms: dict[str, dict[str, Any]] | None = None,
 ) -> int:
     """Run the protocol for every seed, write the report (and with ``publish_to`` the summary the bundle
     READMEs show, named ``label``, with the command ``scripts/run_pipeline.py <argv>``); print the table.
@@ -316,13 +341,15 @@ def run_protocol(
     the run folders of several labelled sizes so that each task pre-trains once per seed); ``only_folds``: run
     and report only these of the ``folds`` (the same split of every image; a study too long for one sitting runs
     fold after fold, each report covering the folds done); ``tune`` false: no post-processing tuning (the report's
-    tuned columns stay empty)."""
+    tuned columns stay empty); ``student_arms``: student variants (name -> distill overrides) trained from the
+    same teachers beside the default student, each a model of the report (a KD sweep; read it on validation)."""
     bad = [f for f in only_folds if not folds or not 0 <= f < folds]
     if bad:
         raise SystemExit(f"error: --only-folds {bad[0]}: not a fold of --folds {folds} (0 to {(folds or 1) - 1})")
     if install_seed is not None and install_seed not in seeds:
         raise SystemExit(f"error: --install {install_seed}: not one of the run's seeds {list(seeds)}")
     tasks = list(tasks or list_tasks())
+    check_arms(student_arms or {}, "distill", option="--student-arm")
     bundles = [*stage1_names(tasks, skip), "distill"]
     setting = RunSetting(
         Path(dataset_dir),
@@ -346,6 +373,7 @@ def run_protocol(
         dict(external or {}),
         tuple(only_folds),
         tune,
+        dict(student_arms or {}),
     )
     start = time.time()
     try:
@@ -369,6 +397,7 @@ def run_protocol(
             "scale": scale,
             "overrides": setting.preset,
             "tasks": tasks,
+            "student_arms": protocol.student_arms or None,
             "wall_time_s": round(time.time() - start, 1),
         }
         table = write_report(setting.out, seed_runs, settings)

@@ -44,6 +44,11 @@ def _external(m: RunMetrics, names: Sequence[str], ensemble: bool = False) -> di
     return {name: m.evaluation(f"external_{name}", ensemble) for name in names}
 
 
+def student_row(name: str) -> str:
+    """The report's row of a student run: ``student (distill)``, a variant ``student (distill, <arm>)``."""
+    return "student (distill)" if name == "distill" else f"student (distill, {name.removeprefix('distill_')})"
+
+
 def collect(seeds: Sequence[dict[str, Any]], external: Sequence[str] = ()) -> dict[str, dict[str, dict[str, Any]]]:
     """Per row, per run key: validation, test and external-test metrics, learning curve, source folder."""
     rows: dict[str, dict[str, dict[str, Any]]] = {}
@@ -67,7 +72,7 @@ def collect(seeds: Sequence[dict[str, Any]], external: Sequence[str] = ()) -> di
         seed = run_key(run)
         for name, folder in run["models"].items():
             m = _metrics_of(folder)
-            row = "student (distill)" if name == "distill" else name
+            row = student_row(name) if name.startswith("distill") else name
             tuned = {**m.evaluation("test_tuned"), "setting": m.section("postprocessing")}
             put(row, seed, m.validation, m.evaluation("test"), m.history, folder, _external(m, external), tuned)
             if name == "distill":
@@ -81,6 +86,7 @@ def collect(seeds: Sequence[dict[str, Any]], external: Sequence[str] = ()) -> di
     order += sorted(r for r in rows if r.endswith(("_joint", "_pretrain")) and r != "multitask_joint")
     order += sorted(r for r in rows if r.startswith("teacher ") and r != "teacher ensemble")
     order += ["multitask_joint", "mean_teacher", "teacher ensemble", "student (distill)"]
+    order += sorted(r for r in rows if r.startswith("student (distill, "))
     return {r: rows[r] for r in order if r in rows}
 
 

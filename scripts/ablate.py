@@ -19,7 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.ablation import parse_arms, run_ablation
+from pipeline.ablation import run_ablation
+from pipeline.arms import parse_arms
 from pipeline.cli import add_run_arguments, parse_run_arguments, run_command
 from pipeline.paths import REPO
 

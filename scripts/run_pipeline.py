@@ -51,6 +51,7 @@ from pathlib import Path
 
 from common.data.pool import add_pool_arguments
 from common.ssl import list_tasks
+from pipeline.arms import parse_arms
 from pipeline.cli import add_run_arguments, parse_run_arguments
 from pipeline.paths import REPO
 from pipeline.protocol import run_protocol
@@ -77,6 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         metavar="K",
         help="run and report only these folds of --folds (a long study fold by fold; the splits do not change)",
+    )
+    parser.add_argument(
+        "--student-arm",
+        dest="student_arms",
+        action="append",
+        nargs="+",
+        metavar=("NAME", "KEY=VALUE"),
+        help="a student variant trained from the same teachers beside the default one, e.g. "
+        "'kd_t2_a05 temperature=2 alpha=0.5' (repeatable; a KD sweep; read it on validation)",
     )
     add_pool_arguments(parser, dest="unlabelled_dirs")
     parser.add_argument(
@@ -124,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     arguments = parse_run_arguments(parser, argv)
     arguments["external"] = external_tests(parser, arguments["external"])
+    arguments["student_arms"] = parse_arms(arguments["student_arms"], None, option="--student-arm")
     argv = sys.argv[1:] if argv is None else argv
     arguments["tracking"] = bool(arguments["tracking"]) and not arguments["dry_run"]
     status = run_protocol(**arguments, argv=argv)

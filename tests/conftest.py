@@ -109,13 +109,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# A rank aborting in C++ teardown after its work and ``destroy_process_group`` (a joinable std::thread destroyed
+# at exit; seen once in CI on the mean teacher's two gloo ranks, never in 10 local repeats; upstream:
+# pytorch/pytorch#179291, gloo shutdown is not yet graceful). Such a run is repeated once; any other failure,
+# or the same one twice, fails the test.
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def run_torchrun(configs: list[Path], *overrides: str, cwd: Path, nproc: int = 2) -> None:
-    """``torchrun --nproc_per_node=N -m monai.bundle run`` (gloo on CPU); fail the test with its output on error."""
+    """``torchrun --nproc_per_node=N -m monai.bundle run`` (gloo on CPU); fail the test with its output on error
+    (a run lost to the gloo teardown abort is repeated once: ``GLOO_TEARDOWN_ABORT``)."""
     config_arg = repr([str(c) for c in configs])
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port", str(free_port()),
-        "-m", "monai.bundle", "run", "--config_file", config_arg, *overrides,
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    for attempt in (1, 2):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+            "--master_port", str(free_port()), "-m", "monai.bundle", "run", "--config_file", config_arg, *overrides,
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0 or GLOO_TEARDOWN_ABORT not in proc.stderr:
+            break
+        print(f"torchrun attempt {attempt}: a rank aborted in gloo teardown ({GLOO_TEARDOWN_ABORT!r})")
     if proc.returncode != 0:
         pytest.fail(f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

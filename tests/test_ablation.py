@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.ablation import parse_arms, summarise, table
+from pipeline.ablation import summarise, table
+from pipeline.arms import parse_arms
 from scripts.ablate import main as ablate
 
 TINY = ["--set", "epochs=1", "val_interval=1", "num_workers=0"]

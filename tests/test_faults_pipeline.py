@@ -296,3 +296,36 @@ def test_dry_run_of_a_finished_run_says_why_and_changes_nothing(
         "baseline: would-evaluate (after training)",
     ):
         assert line in printed
+
+
+# ---- student variants (the KD sweep): trained beside the finished student from the same teachers
+
+
+def test_student_arms_train_beside_the_finished_student(
+    run: Path, tiny_siim: Path, capsys: pytest.CaptureFixture
+) -> None:
+    seed = run / "seed0"
+    student = file_sha256(seed / "distill" / "models" / "model.pt")
+    arm = ["--student-arm", "t2_a05", "temperature=2", "alpha=0.5"]
+    assert run_pipeline(pipeline_args(tiny_siim, run, *arm, "--dry-run")) == 0
+    assert "distill_t2_a05: would-train (not trained yet)" in capsys.readouterr().out
+    assert run_pipeline(pipeline_args(tiny_siim, run, *arm)) == 0
+    printed = capsys.readouterr().out
+    assert "distill_t2_a05: trained" in printed and "distill: current" in printed
+    assert file_sha256(seed / "distill" / "models" / "model.pt") == student  # the default student is untouched
+    variant = RunMetrics.read(seed / "distill_t2_a05" / "models" / "metrics.json")
+    kd = variant.section("distillation")
+    assert variant.complete and kd["temperature"] == 2 and kd["alpha"] == 0.5 and variant.section("test")
+    results = json.loads((run / "results.json").read_text())
+    assert list(results["summary"])[-2:] == ["student (distill)", "student (distill, t2_a05)"]
+    assert results["settings"]["student_arms"] == {"t2_a05": {"temperature": 2, "alpha": 0.5}}
+    assert "| student (distill, t2_a05) |" in (run / "report.md").read_text()
+
+
+def test_a_student_arm_with_an_unknown_key_stops_before_anything_runs(run: Path, tiny_siim: Path) -> None:
+    before = snapshot(run)
+    with pytest.raises(SystemExit, match=r"--student-arm t2: .*did you mean temperature"):
+        run_pipeline(pipeline_args(tiny_siim, run, "--student-arm", "t2", "temprature=2"))
+    with pytest.raises(SystemExit, match=r"--student-arm expects NAME"):
+        run_pipeline(pipeline_args(tiny_siim, run, "--student-arm", "t.2", "temperature=2"))
+    assert snapshot(run) == before
