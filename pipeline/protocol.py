@@ -181,15 +181,22 @@ def run_split(protocol: Protocol, seed: int, fold: int | None, runner: Runner) -
     runner.run_all({f"{tag}   {n}": partial(train_step, runner, s, setting.force) for n, s in steps.items()})
 
     selection_file = seed_dir / "teachers.json"
-    if select_teachers(seed_dir, protocol.tasks, selection_file, protocol.allow_missing) != 0:
+    entries, problems, refused = select(seed_dir, protocol.tasks, protocol.allow_missing)
+    if not entries and not (problems and not protocol.allow_missing):
+        # every candidate blank on validation: the method has no teacher to distil, which is a result of the
+        # split (reported), not a failure of the run; the other models are evaluated as usual
+        blank = ", ".join(r["bundle"] for r in refused)
+        print(f"{tag} teacher selection: no usable teacher (blank on validation: {blank}); no student this split")
+        teachers, students = [], []
+    elif select_teachers(seed_dir, protocol.tasks, selection_file, protocol.allow_missing) != 0:
         raise StepError(f"{tag} teacher selection failed (see above)")
-    selection = json.loads(selection_file.read_text())
-    teachers = selection["teachers"]
-    students = protocol.students(seed_dir, data, datalist_sha, teachers)
-    distill = students[0]
-    if len(students) == 1:
-        print(f"{tag} stage 2: distill: {train_step(runner, distill, setting.force)}")
     else:
+        selection = json.loads(selection_file.read_text())
+        teachers, refused = selection["teachers"], selection.get("refused", [])
+        students = protocol.students(seed_dir, data, datalist_sha, teachers)
+    if len(students) == 1:
+        print(f"{tag} stage 2: distill: {train_step(runner, students[0], setting.force)}")
+    elif students:
         print(f"{tag} stage 2: {', '.join(s.name for s in students)} ({runner.jobs} at a time)")
         runner.run_all({f"{tag}   {s.name}": partial(train_step, runner, s, setting.force) for s in students})
     models = {**steps, **{s.name: s for s in students}}
@@ -201,13 +208,18 @@ def run_split(protocol: Protocol, seed: int, fold: int | None, runner: Runner) -
     if protocol.tune:
         tuned = {f"{tag}   {s.name} tuned": partial(evaluate_step, runner, s, False, TUNED) for s in models.values()}
         evaluations.update(tuned)
-    evaluations[f"{tag}   distill ensemble"] = partial(evaluate_step, runner, distill, True)
+    distill = models.get("distill")
+    if distill:
+        evaluations[f"{tag}   distill ensemble"] = partial(evaluate_step, runner, distill, True)
     for name, folder in protocol.external.items():
         ext = setting.external_data(name, folder)
         section = f"external_{name}"
         for s in models.values():
             evaluations[f"{tag}   {s.name} on {name}"] = partial(evaluate_step, runner, s, False, section, ext)
-        evaluations[f"{tag}   distill ensemble on {name}"] = partial(evaluate_step, runner, distill, True, section, ext)
+        if distill:
+            evaluations[f"{tag}   distill ensemble on {name}"] = partial(
+                evaluate_step, runner, distill, True, section, ext
+            )
     runner.run_all(evaluations)
     datalist = json.loads((seed_dir / "datalist.json").read_text())
     return {
@@ -217,7 +229,7 @@ def run_split(protocol: Protocol, seed: int, fold: int | None, runner: Runner) -
         "dir": str(seed_dir),
         "models": {n: str(s.out) for n, s in models.items()},
         "teachers": teachers,
-        "refused": selection.get("refused", []),
+        "refused": refused,
         "test_ids": [it["id"] for it in datalist["test"]],
         "pool": (datalist.get("pool") or {}).get("counts"),
     }
@@ -249,31 +261,34 @@ def plan_split(protocol: Protocol, seed: int, fold: int | None = None) -> None:
         print(f"{tag}   {name}: {plan.label}")
 
     pending = [n for n in teacher_candidates(list(steps)) if plans[n].action != "current"]
-    distill, stamp, students = None, None, {}
+    distill, stamp, students, no_student = None, None, {}, False
     if pending:
         print(f"{tag} teacher selection: would-select (after training {', '.join(pending)})")
         label = "would-train (its teachers are trained first)"
     else:
         teachers, problems, refused = select(seed_dir, protocol.tasks, protocol.allow_missing)
-        if (problems and not protocol.allow_missing) or not teachers:
-            blank = "; ".join(f"{r['bundle']}: blank" for r in refused)
-            why = "; ".join(problems) or f"no usable teacher ({blank})"
-            print(f"{tag} teacher selection: would fail: {why}")
+        if problems and not protocol.allow_missing:
+            print(f"{tag} teacher selection: would fail: {'; '.join(problems)}")
             return
-        chosen = ", ".join(f"{t['task']}: {t['mode']}" for t in teachers)
-        print(f"{tag} teacher selection: would-select ({chosen}) into {seed_dir / 'teachers.json'}")
-        students = {s.name: s for s in protocol.students(seed_dir, data, datalist_sha, teachers)}
-        distill, stamp = students["distill"], teachers_stamp(teachers)
-        plans.update({n: plan_training(s, setting.force) for n, s in students.items()})
-        label = plans["distill"].label
+        if not teachers:
+            blank = ", ".join(r["bundle"] for r in refused)
+            print(f"{tag} teacher selection: no usable teacher (blank on validation: {blank}); no student this split")
+            label, no_student = "none (no teacher)", True
+        else:
+            chosen = ", ".join(f"{t['task']}: {t['mode']}" for t in teachers)
+            print(f"{tag} teacher selection: would-select ({chosen}) into {seed_dir / 'teachers.json'}")
+            students = {s.name: s for s in protocol.students(seed_dir, data, datalist_sha, teachers)}
+            distill, stamp = students["distill"], teachers_stamp(teachers)
+            plans.update({n: plan_training(s, setting.force) for n, s in students.items()})
+            label = plans["distill"].label
     print(f"{tag} stage 2: distill: {label}")
-    variants = [f"distill_{arm}" for arm in protocol.student_arms]
+    variants = [] if no_student else [f"distill_{arm}" for arm in protocol.student_arms]
     for name in variants:
         print(f"{tag}   {name}: {plans[name].label if name in plans else 'would-train (after teacher selection)'}")
-    variant_steps = [(n, students.get(n) if distill else None) for n in variants]
+    student_steps = [] if no_student else [("distill", distill), *((n, students.get(n)) for n in variants)]
 
     print(f"{tag} post-processing tuned on validation" + ("" if protocol.tune else ": no (--no-tuning)"))
-    for name, step in [*steps.items(), ("distill", distill), *variant_steps] if protocol.tune else []:
+    for name, step in [*steps.items(), *student_steps] if protocol.tune else []:
         plan = plans.get(name)
         word, why = (
             ("would-tune", "after training")
@@ -283,8 +298,8 @@ def plan_split(protocol: Protocol, seed: int, fold: int | None = None) -> None:
         print(f"{tag}   {name}: {word} ({why})")
     print(f"{tag} test evaluation")
     evaluations = [(n, s, False) for n, s in steps.items()]
-    evaluations += [("distill", distill, False), *((n, st, False) for n, st in variant_steps)]
-    evaluations += [("distill ensemble", distill, True)]
+    evaluations += [(n, st, False) for n, st in student_steps]
+    evaluations += [] if no_student else [("distill ensemble", distill, True)]
     tuned = [(TUNED, " tuned")] if protocol.tune else []
     sections = [("test", ""), *tuned, *((f"external_{n}", f" on {n}") for n in protocol.external)]
     for section, where in sections:

@@ -275,6 +275,8 @@ def _overlay_figure(out: Path, run: dict[str, Any], image_size: int, n: int = 4)
     from common.data.transforms import LoadMaskd, LoadXrayd
 
     models = run["models"]
+    if "distill" not in models or "baseline" not in models:
+        return False  # no student this run (no usable teacher) or no baseline
     student = Path(models["distill"]) / "models" / "model.pt"
     baseline = Path(models["baseline"]) / "models" / "model.pt"
     teachers_file = Path(run["dir"]) / "teachers.json"
@@ -302,11 +304,18 @@ def _overlay_figure(out: Path, run: dict[str, Any], image_size: int, n: int = 4)
 
 
 def refused_lines(seeds: Sequence[dict[str, Any]]) -> list[str]:
-    """Markdown lines naming the stage-1 variants teacher selection refused as blank, per run (none: [])."""
+    """Markdown lines naming the stage-1 variants teacher selection refused as blank, per run (none: []), and
+    the runs left without a student because every candidate was refused."""
     lines = [
         f"- run {run_key(r)}: `{x['bundle']}` refused as a teacher: {x['reason']}"
         for r in seeds
         for x in r.get("refused") or []
+    ]
+    lines += [
+        f"- run {run_key(r)}: **no student**: no usable teacher, so the student (and the teacher ensemble) "
+        "could not be trained; its rows lack this run"
+        for r in seeds
+        if not r.get("teachers")
     ]
     return ["Refused teacher candidates (blank on validation):", "", *lines, ""] if lines else []
 

@@ -329,3 +329,24 @@ def test_a_student_arm_with_an_unknown_key_stops_before_anything_runs(run: Path,
     with pytest.raises(SystemExit, match=r"--student-arm expects NAME"):
         run_pipeline(pipeline_args(tiny_siim, run, "--student-arm", "t.2", "temperature=2"))
     assert snapshot(run) == before
+
+
+def test_a_split_without_a_usable_teacher_reports_no_student(
+    tiny_siim: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # from an output prior of 1e-4, one epoch leaves every model blank: teacher selection refuses them all
+    out = tmp_path / "blank"
+    args = [*pipeline_args(tiny_siim, out), "output_prior=0.0001"]
+    assert run_pipeline(args) == 0
+    printed = capsys.readouterr().out
+    assert "no usable teacher (blank on validation: rotation_joint); no student this split" in printed
+    assert "distill" not in printed and not (out / "seed0" / "distill").exists()
+    results = json.loads((out / "results.json").read_text())
+    assert "baseline" in results["summary"] and "rotation_joint" in results["summary"]
+    assert not any(row.startswith(("student", "teacher")) for row in results["summary"])
+    assert results["selection"] == {"0": {}} and results["refused"]["0"][0]["bundle"] == "rotation_joint"
+    assert "- run 0: **no student**" in (out / "report.md").read_text()
+    assert run_pipeline([*args, "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    assert "no student this split" in planned and "stage 2: distill: none (no teacher)" in planned
+    assert "distill ensemble" not in planned
