@@ -29,6 +29,29 @@ def test_properties(tiny_siim: Path, tmp_path: Path) -> None:
         assert workflow.check_properties() == [], config
 
 
+def test_labelled_share_reaches_the_students_sampler(tiny_siim: Path, tmp_path: Path) -> None:
+    """``labelled_share`` sets the labelled images' share of the student's draws; ``natural`` keeps theirs."""
+    shares = {}
+    for share in ("natural", 0.5):
+        workflow = ConfigWorkflow(
+            config_file=str(DISTILL / "configs" / "train.json"),
+            workflow_type="train",
+            bundle_root=str(tmp_path / str(share)),
+            dataset_dir=str(tiny_siim),
+            labelled_fraction=0.25,
+            labelled_share=share,
+        )
+        workflow.initialize()
+        sampler = workflow.parser.get_parsed_content("train#sampler")
+        flags = sampler.positive
+        assert None in flags and True in flags  # unlabelled images take part, positives are known
+        weights = list(sampler.weights)
+        shares[share] = sum(w for w, p in zip(weights, flags, strict=True) if p is not None) / sum(weights)
+        natural = sum(p is not None for p in flags) / len(flags)
+    assert shares["natural"] == pytest.approx(natural) and natural < 0.4
+    assert shares[0.5] == pytest.approx(0.5)
+
+
 def _overrides(tiny_siim: Path, bundle: Path) -> list[str]:
     return [o for o in tiny_train_overrides(tiny_siim, bundle) if o not in ("--bundle_root", str(bundle))]
 

@@ -198,6 +198,32 @@ def test_the_configs_offer_exactly_the_checked_losses() -> None:
     assert tuple(read_json(BASELINE / "configs" / "train.json")["losses"]) == LOSS_NAMES
 
 
+def test_labelled_share_fixes_the_labelled_draws_whatever_the_pool_size() -> None:
+    """The student's loader: 4 labelled + 96 unlabelled items draw 4 % labels naturally, 50 % with the share."""
+    from monai.data import Dataset
+
+    from common.utils.settings import check_settings
+
+    flags: list[bool | None] = [True, False, False, False, *[None] * 96]
+    natural, fixed = class_weights(flags, 0.5), class_weights(flags, 0.5, labelled_share=0.5)
+    assert sum(natural[:4]) == pytest.approx(0.04) and sum(fixed[:4]) == pytest.approx(0.5)
+    assert fixed[0] == pytest.approx(0.25) and fixed[1] == pytest.approx(0.25 / 3) and sum(fixed) == pytest.approx(1)
+    assert class_weights([True, False], 0.5, labelled_share=0.3) == [0.5, 0.5]  # nothing unlabelled: all labelled
+    assert class_weights([None, None], 0.5, labelled_share=0.3) == [0.5, 0.5]  # nothing labelled: all unlabelled
+    data = Dataset([{"image": "p", "rle": ["1 2"]}, {"image": "n", "rle": []}] + [{"image": str(i)} for i in range(98)])
+    for rate in (0.5, "off"):  # without a rate the labelled items are drawn alike within their share
+        sampler = labelled_sampler(data, rate, samples_per_epoch=400, labelled_share=0.5, seed=1)
+        draws = _draws(sampler, 1)
+        assert np.mean([i < 2 for i in draws]) == pytest.approx(0.5, abs=0.08)
+        assert np.mean([i == 0 for i in draws]) == pytest.approx(0.25, abs=0.07)
+    natural_draws = _draws(labelled_sampler(data, 0.5, samples_per_epoch=400, labelled_share="natural", seed=1), 1)
+    assert np.mean([i < 2 for i in natural_draws]) < 0.08
+    assert check_settings(labelled_share="natural") and check_settings(labelled_share=0.25)
+    for bad in (0, 1.5, "half"):
+        with pytest.raises(SystemExit, match=f"--labelled_share {bad!r}: must be natural or a number in"):
+            check_settings(labelled_share=bad)
+
+
 def test_a_rate_is_switched_off_by_null_or_a_word() -> None:
     """MONAI's command line drops ``--pos_sample_rate None`` as "not given": "off" is the word for it."""
     from common.utils.settings import check_settings

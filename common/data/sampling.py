@@ -5,7 +5,9 @@ scheduled (the SIIM-ACR winner drew 80 % positives at first and 40 % at the end)
 ``torchrun``) with weights that follow the schedule and a generator seeded by (seed, epoch, rank): MONAI's
 engines call ``set_epoch`` at every epoch start, so the draws of epoch ``e`` depend on nothing else and a
 resumed run draws exactly what the uninterrupted one did. Items without a label (the student's unlabelled
-images) keep their natural share of the draws; the rate splits the labelled share.
+images) keep their natural share of the draws, or the share ``1 - labelled_share`` when that is set (with a
+1,000-image pool and 50 labelled images the natural share leaves the labels 5 % of the draws); the rate
+splits the labelled share.
 """
 
 from __future__ import annotations
@@ -58,19 +60,38 @@ def scheduled_rate(rate: float, final_rate: float | None, epoch: int, epochs: in
     return rate + (final_rate - rate) * progress
 
 
-def class_weights(positive: Sequence[bool | None], rate: float) -> list[float]:
-    """Per-item draw weights: positives share ``rate`` of the labelled items' draws, negatives the rest,
-    unlabelled items (None) their natural share. A class with no item gives its share to the other."""
+#: the word for "labelled items keep their natural share of the draws" (``labelled_share``'s default)
+NATURAL = "natural"
+
+
+def share_setting(value: float | str | None) -> float | None:
+    """A ``labelled_share`` setting as a number in (0, 1], or None for the natural share (``"natural"``/off)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in (NATURAL, *OFF)):
+        return None
+    share = float(value)
+    if not 0.0 < share <= 1.0:  # (NaN fails too)
+        raise ValueError(f"labelled_share must be {NATURAL} or a number in (0, 1], got {value}")
+    return share
+
+
+def class_weights(positive: Sequence[bool | None], rate: float, labelled_share: float | None = None) -> list[float]:
+    """Per-item draw weights: positives share ``rate`` of the labelled items' draws, negatives the rest;
+    the labelled items together draw ``labelled_share`` (None: their natural share ``labelled / all``), the
+    unlabelled items (None) the rest, uniformly. A class with no item gives its share to the other."""
     n = len(positive)
     n_pos = sum(1 for p in positive if p is True)
     n_neg = sum(1 for p in positive if p is False)
-    labelled_share = (n_pos + n_neg) / n if n else 0.0
+    n_unlabelled = n - n_pos - n_neg
+    share = (n_pos + n_neg) / n if n else 0.0
+    unlabelled = 1.0 / n if n else 0.0  # each unlabelled item's weight at the natural share
+    if labelled_share is not None and n_unlabelled and (n_pos or n_neg):
+        share, unlabelled = labelled_share, (1 - labelled_share) / n_unlabelled
     if n_pos == 0 or n_neg == 0:
         rate = 1.0 if n_pos else 0.0
     weight = {
-        True: labelled_share * rate / n_pos if n_pos else 0.0,
-        False: labelled_share * (1 - rate) / n_neg if n_neg else 0.0,
-        None: 1.0 / n,
+        True: share * rate / n_pos if n_pos else 0.0,
+        False: share * (1 - rate) / n_neg if n_neg else 0.0,
+        None: unlabelled,
     }
     return [weight[p] for p in positive]
 
@@ -88,6 +109,7 @@ class PositiveRateSampler(DistributedWeightedRandomSampler):
         seed: the draws' seed (with the epoch and the rank).
         num_replicas, rank: as ``DistributedSampler``; default: the process group's, else 1 and 0.
         samples_per_epoch: draws per epoch over all ranks; 0: ``len(dataset)``.
+        labelled_share: the labelled items' share of the draws (None: their natural share).
     """
 
     def __init__(
@@ -101,6 +123,7 @@ class PositiveRateSampler(DistributedWeightedRandomSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
         samples_per_epoch: int = 0,
+        labelled_share: float | None = None,
     ) -> None:
         if len(positive) != len(dataset):  # type: ignore[arg-type]
             raise ValueError(f"positive has {len(positive)} flags for a dataset of {len(dataset)} items")  # type: ignore[arg-type]
@@ -111,7 +134,7 @@ class PositiveRateSampler(DistributedWeightedRandomSampler):
         replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
         super().__init__(
             dataset,
-            weights=class_weights(positive, rate),
+            weights=class_weights(positive, rate, labelled_share),
             generator=torch.Generator(),
             even_divisible=True,
             num_replicas=num_replicas if num_replicas is not None else (None if distributed else 1),
@@ -121,6 +144,7 @@ class PositiveRateSampler(DistributedWeightedRandomSampler):
             num_samples_per_rank=-(-samples_per_epoch // replicas) if samples_per_epoch else None,
         )
         self.positive, self.rate, self.final_rate, self.epochs = list(positive), rate, final_rate, epochs
+        self.labelled_share = labelled_share
         self.set_epoch(1)
 
     def rate_at(self, epoch: int) -> float:
@@ -130,7 +154,7 @@ class PositiveRateSampler(DistributedWeightedRandomSampler):
     def set_epoch(self, epoch: int) -> None:
         """The epoch's weights and generator seed (MONAI's engines call this at every epoch start)."""
         super().set_epoch(epoch)
-        self.weights = class_weights(self.positive, self.rate_at(epoch))
+        self.weights = class_weights(self.positive, self.rate_at(epoch), self.labelled_share)
         state = np.random.SeedSequence([self.seed, epoch, self.rank]).generate_state(2, dtype=np.uint32)
         self.generator.manual_seed(int(state[0]) << 32 | int(state[1]))
 
@@ -143,6 +167,7 @@ def labelled_sampler(
     seed: int = 0,
     distributed: bool = False,
     samples_per_epoch: int = 0,
+    labelled_share: float | str | None = None,
 ) -> Sampler | None:
     """The training loader's sampler: a :class:`PositiveRateSampler` when ``rate`` is set (not off: ``OFF``);
     else, under ``torchrun`` (``distributed``), MONAI's shuffling ``DistributedSampler``; else None (the loader
@@ -151,15 +176,26 @@ def labelled_sampler(
     ``samples_per_epoch`` (> 0): that many draws per epoch whatever the dataset's size, so that runs with 8 or
     80 labelled images (or the student's labelled + unlabelled items) take the same number of steps; without a
     rate they are uniform draws (:class:`EpochRandomSampler`). Not with
-    ``distributed`` and no rate (MONAI's ``DistributedSampler`` draws each item once)."""
+    ``distributed`` and no rate (MONAI's ``DistributedSampler`` draws each item once).
+
+    ``labelled_share`` (a number, not ``"natural"``): the labelled items' share of the draws when the dataset
+    also holds unlabelled ones (the student's), whatever the pool's size; without a rate the labelled items
+    are then drawn uniformly within that share."""
     rate, final_rate = rate_setting(rate), rate_setting(final_rate)
-    samples = samples_setting(samples_per_epoch)
-    if rate is not None:
+    samples, share = samples_setting(samples_per_epoch), share_setting(labelled_share)
+    if rate is not None or share is not None:
         data = getattr(dataset, "data", None)
         if data is None:
-            raise TypeError("pos_sample_rate needs a dataset with its datalist items in .data (a MONAI Dataset)")
+            raise TypeError(
+                "pos_sample_rate/labelled_share need a dataset with its datalist items in .data (a MONAI Dataset)"
+            )
         positive = [item_positive(item) for item in data]
-        return PositiveRateSampler(dataset, positive, rate, final_rate, epochs, seed, samples_per_epoch=samples)
+        if rate is None:  # uniform within the labelled share: positives at their natural rate, no schedule
+            labelled = [p for p in positive if p is not None]
+            rate = sum(labelled) / len(labelled) if labelled else 0.0
+        return PositiveRateSampler(
+            dataset, positive, rate, final_rate, epochs, seed, samples_per_epoch=samples, labelled_share=share
+        )
     if distributed:
         if samples:
             raise ValueError("samples_per_epoch needs pos_sample_rate under torchrun (or samples_per_epoch 0)")

@@ -228,6 +228,16 @@ def _output_prior(name: str, value: Any) -> float | None:
     return rate
 
 
+def _labelled_share(name: str, value: Any) -> float | None:
+    """``natural`` (the labelled items' natural share of the student's draws) or a share in (0, 1]."""
+    from common.data.sampling import NATURAL, share_setting
+
+    try:
+        return share_setting(value)
+    except (TypeError, ValueError):
+        raise SettingError(name, value, f"must be {NATURAL} or a number in (0, 1]") from None
+
+
 def _aux_images(name: str, value: Any) -> str:
     from common.data.pool import AUX_IMAGES
 
@@ -265,6 +275,7 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "pos_sample_rate_final": optional_rate,
     "samples_per_epoch": _samples_per_epoch,
     "output_prior": _output_prior,
+    "labelled_share": _labelled_share,  # distill: the labelled images' share of the draws
     "batch_size": lambda n, v: whole_number(n, v, 1),
     "num_workers": lambda n, v: whole_number(n, v, 0),
     "learning_rate": lambda n, v: real_number(n, v, 0, low_open=True),

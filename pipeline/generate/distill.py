@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from pipeline.generate.configs import average, derived_metadata, generated, put, settings
+from pipeline.generate.configs import add_settings_check, average, derived_metadata, generated, put, settings
 from pipeline.generate.sources import load_baseline
 
 DISTILL = "distill"
@@ -30,7 +30,8 @@ def distill_run_prefix() -> list[str]:
     prepare = (
         "$common.distill.soft_targets.prepare_soft_targets(@soft_targets, @ensemble, @soft_target_cache, "
         "@train#dataset.data, '' if @non_main_rank else @metrics_file, "
-        "{'kd_loss': @kd_loss_kind, 'temperature': @temperature, 'alpha': @alpha, 'use_unlabelled': @use_unlabelled}, "
+        "{'kd_loss': @kd_loss_kind, 'temperature': @temperature, 'alpha': @alpha, 'use_unlabelled': @use_unlabelled, "
+        "'labelled_share': @labelled_share}, "
         "@train#trainer)"
     )
     check = "$common.distill.teachers.exit_unless_selection(@teachers_file, @teacher_tasks)"
@@ -50,8 +51,10 @@ def distill_train() -> dict[str, Any]:
             "temperature": 1.0,
             "alpha": 1.0,
             "use_unlabelled": True,
+            "labelled_share": "natural",
         },
     )
+    add_settings_check(cfg, ["labelled_share"])
     ensemble = (
         "$common.distill.teachers.load_ensemble(@teachers_file, @network_def, @device, @temperature, @teacher_tasks)"
     )
@@ -85,6 +88,9 @@ def distill_train() -> dict[str, Any]:
         "+ ([@train#soft_target_loader] if @soft_targets == 'cached' else []) + @train#augmentations"
     )
     train["dataset"]["data"] = "$common.data.datalist.distillation_items(@datalist, @use_unlabelled)"
+    if not train["sampler"].endswith(")"):
+        raise ValueError("the baseline's train#sampler is no longer one labelled_sampler(...) call")
+    train["sampler"] = train["sampler"][:-1] + ", labelled_share=@labelled_share)"
     put(
         train,
         {"additional_metrics": {"kd_loss": average("kd_loss"), "seg_loss": average("seg_loss")}},
