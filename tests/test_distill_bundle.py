@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from monai.bundle import ConfigWorkflow
 
 from common.deploy.zoo import export_torchscript
 from common.distill.selection import select_teachers
+from common.utils.io import file_sha256
 from tests.conftest import REPO, copy_bundle, read_json, run_bundle, run_torchrun, tiny_train_overrides
 
 DISTILL = REPO / "bundles" / "distill"
@@ -50,6 +52,36 @@ def test_labelled_share_reaches_the_students_sampler(tiny_siim: Path, tmp_path: 
         natural = sum(p is not None for p in flags) / len(flags)
     assert shares["natural"] == pytest.approx(natural) and natural < 0.4
     assert shares[0.5] == pytest.approx(0.5)
+
+
+def test_teacher_top_k_keeps_the_best_teachers_of_the_selection(tiny_siim: Path, tmp_path: Path) -> None:
+    """``teacher_top_k`` ensembles only the k teachers with the best validation score; bad values stop the bundle."""
+
+    def workflow(**overrides: object) -> ConfigWorkflow:
+        flow = ConfigWorkflow(
+            config_file=str(DISTILL / "configs" / "train.json"),
+            workflow_type="train",
+            bundle_root=str(tmp_path),
+            dataset_dir=str(tiny_siim),
+            **overrides,
+        )
+        flow.initialize()
+        return flow
+
+    network = workflow().parser.get_parsed_content("network_def")
+    entries = []
+    for task, score in (("rotation", 0.2), ("jigsaw", 0.4), ("genesis", 0.3)):
+        checkpoint = tmp_path / f"{task}.pt"
+        torch.save(network.state_dict(), checkpoint)
+        entries.append({"task": task, "val": score, "checkpoint": checkpoint.name, "sha256": file_sha256(checkpoint)})
+    selection = tmp_path / "teachers.json"
+    selection.write_text(json.dumps({"teachers": entries}))
+    for top_k, tasks in ((0, ["rotation", "jigsaw", "genesis"]), (2, ["jigsaw", "genesis"]), (1, ["jigsaw"])):
+        ensemble = workflow(teachers_file=str(selection), teacher_top_k=top_k).parser.get_parsed_content("ensemble")
+        assert ensemble.tasks == tasks
+    for bad in (-1, "two", 1.5):
+        with pytest.raises(SystemExit, match=f"--teacher_top_k {bad!r}: must be a whole number >= 0"):
+            workflow(teacher_top_k=bad)
 
 
 def _overrides(tiny_siim: Path, bundle: Path) -> list[str]:

@@ -110,13 +110,15 @@ def _unet() -> UNet:
     return UNet(2, 1, 1, channels=(4, 8, 16), strides=(2, 2), num_res_units=1, norm="batch")
 
 
-def _selection(tmp_path: Path, n: int = 2) -> Path:
+def _selection(tmp_path: Path, n: int = 2, scores: list[float] | None = None) -> Path:
     entries = []
     for i in range(n):
         torch.manual_seed(i)
         path = tmp_path / f"teacher{i}.pt"
         torch.save(_unet().state_dict(), path)
         entries.append({"task": f"t{i}", "mode": "joint", "checkpoint": str(path), "sha256": file_sha256(path)})
+        if scores:
+            entries[-1].update(val=scores[i], val_dice_positive=0.1)
     selection = tmp_path / "teachers.json"
     selection.write_text(json.dumps({"teachers": entries}))
     return selection
@@ -136,6 +138,22 @@ def test_selection_problems_name_the_file_and_the_command(tmp_path: Path) -> Non
     (tmp_path / "teacher0.pt").unlink()
     with pytest.raises(SystemExit, match=r"error: teacher t0 .*teacher0.pt does not exist"):
         exit_unless_selection(selection)
+
+
+def test_top_k_keeps_the_best_teachers_by_validation_score(tmp_path: Path) -> None:
+    selection = _selection(tmp_path, n=4, scores=[0.3, 0.5, 0.2, 0.5])
+    assert load_ensemble(selection, _unet(), "cpu", top_k=1).tasks == ["t1"]  # tie on val and dice: first listed
+    assert load_ensemble(selection, _unet(), "cpu", top_k=3).tasks == ["t0", "t1", "t3"]  # in selection order
+    assert load_ensemble(selection, _unet(), "cpu", top_k=0).tasks == ["t0", "t1", "t2", "t3"]
+    assert load_ensemble(selection, _unet(), "cpu", tasks=["t0", "t2"], top_k=1).tasks == ["t0"]  # within the tasks
+    (tmp_path / "teacher2.pt").unlink()  # a teacher left out is never read
+    assert exit_unless_selection(selection, top_k=2) == 2
+    with pytest.raises(SystemExit, match=r"error: teacher_top_k 5: there are 4 teacher\(s\) to choose from in .*use 0"):
+        exit_unless_selection(selection, top_k=5)
+    (tmp_path / "unscored").mkdir()
+    unscored = _selection(tmp_path / "unscored", n=2)
+    with pytest.raises(TeacherSelectionError, match=r"no validation score \('val'\).*re-run `python scripts/select"):
+        load_ensemble(unscored, _unet(), "cpu", top_k=1)
 
 
 def test_cached_and_online_soft_targets_agree(tiny_siim: Path, tmp_path: Path) -> None:

@@ -49,8 +49,34 @@ def _missing_selection_hint(selection_file: Path) -> str:
     )
 
 
-def read_selection(selection_file: str | Path, tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The selected teachers (optionally only ``tasks``), with every checkpoint present and unaltered.
+def best_teachers(entries: list[dict[str, Any]], top_k: int, source: Path) -> list[dict[str, Any]]:
+    """The ``top_k`` entries with the highest validation score (``val``; ties: higher positive-only Dice,
+    then selection order), in selection order; every entry when ``top_k`` is 0."""
+    if top_k == 0:
+        return entries
+    if top_k < 0 or top_k > len(entries):
+        raise TeacherSelectionError(
+            f"teacher_top_k {top_k}: there are {len(entries)} teacher(s) to choose from in {source}; "
+            f"use 0 (all of them) up to {len(entries)}"
+        )
+    unscored = [e["task"] for e in entries if not isinstance(e.get("val"), (int, float))]
+    if unscored:
+        raise TeacherSelectionError(
+            f"{source}: teacher(s) {unscored} have no validation score ('val'), which teacher_top_k ranks by; "
+            f"re-run `{SELECT_COMMAND}`"
+        )
+    ranked = sorted(
+        range(len(entries)), key=lambda i: (-entries[i]["val"], -(entries[i].get("val_dice_positive") or 0))
+    )
+    keep = set(ranked[:top_k])
+    return [e for i, e in enumerate(entries) if i in keep]
+
+
+def read_selection(
+    selection_file: str | Path, tasks: Sequence[str] | None = None, top_k: int = 0
+) -> list[dict[str, Any]]:
+    """The selected teachers (optionally only ``tasks``, then only the ``top_k`` best by validation score),
+    with every checkpoint present and unaltered.
 
     A relative checkpoint path is relative to the selection file's folder (an installed selection).
     """
@@ -72,6 +98,7 @@ def read_selection(selection_file: str | Path, tasks: Sequence[str] | None = Non
         entries = [e for e in entries if e["task"] in tasks]
     if not entries:
         raise TeacherSelectionError(f"{path} lists no teacher; {TRAIN_HINT}")
+    entries = best_teachers(entries, top_k, path)
     for entry in entries:
         checkpoint = path.parent / entry["checkpoint"]  # an absolute checkpoint path stays as it is
         entry["checkpoint"] = str(checkpoint)
@@ -150,24 +177,26 @@ def load_ensemble(
     device: torch.device | str,
     temperature: float = 1.0,
     tasks: Sequence[str] = (),
+    top_k: int = 0,
 ) -> TeacherEnsemble:
-    """``TeacherEnsemble`` of the verified teachers in ``selection_file`` (``tasks``: a subset, default all).
+    """``TeacherEnsemble`` of the verified teachers in ``selection_file`` (``tasks``: a subset, default all;
+    ``top_k``: only the k best of them by validation score, 0 for all).
 
     Its ``fingerprint`` (the checkpoints' sha256 values) identifies it, e.g. in cache keys.
     """
-    entries = read_selection(selection_file, tasks)
+    entries = read_selection(selection_file, tasks, top_k)
     ensemble = TeacherEnsemble([load_teacher(e, network_def, device) for e in entries], temperature)
     ensemble.fingerprint = [e["sha256"] for e in entries]
     ensemble.tasks = [e["task"] for e in entries]
     return ensemble
 
 
-def exit_unless_selection(selection_file: str | Path, tasks: Sequence[str] = ()) -> int:
+def exit_unless_selection(selection_file: str | Path, tasks: Sequence[str] = (), top_k: int = 0) -> int:
     """Stop the bundle at once, with only the message (no traceback), when the selection is unusable.
 
     Raises ``SystemExit``, which MONAI's config evaluation does not wrap; returns the teacher count.
     """
     try:
-        return len(read_selection(selection_file, tasks))
+        return len(read_selection(selection_file, tasks, top_k))
     except TeacherSelectionError as e:
         raise SystemExit(f"error: {e}") from None

@@ -276,6 +276,7 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "samples_per_epoch": _samples_per_epoch,
     "output_prior": _output_prior,
     "labelled_share": _labelled_share,  # distill: the labelled images' share of the draws
+    "teacher_top_k": lambda n, v: whole_number(n, v, 0),  # distill: only the k best teachers (0: all)
     "batch_size": lambda n, v: whole_number(n, v, 1),
     "num_workers": lambda n, v: whole_number(n, v, 0),
     "learning_rate": lambda n, v: real_number(n, v, 0, low_open=True),

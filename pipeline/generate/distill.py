@@ -31,10 +31,10 @@ def distill_run_prefix() -> list[str]:
         "$common.distill.soft_targets.prepare_soft_targets(@soft_targets, @ensemble, @soft_target_cache, "
         "@train#dataset.data, '' if @non_main_rank else @metrics_file, "
         "{'kd_loss': @kd_loss_kind, 'temperature': @temperature, 'alpha': @alpha, 'use_unlabelled': @use_unlabelled, "
-        "'labelled_share': @labelled_share}, "
+        "'labelled_share': @labelled_share, 'teacher_top_k': @teacher_top_k}, "
         "@train#trainer)"
     )
-    check = "$common.distill.teachers.exit_unless_selection(@teachers_file, @teacher_tasks)"
+    check = "$common.distill.teachers.exit_unless_selection(@teachers_file, @teacher_tasks, @teacher_top_k)"
     return [check, prepare]
 
 
@@ -46,6 +46,7 @@ def distill_train() -> dict[str, Any]:
         {
             "teachers_file": "$os.path.join(@ckpt_dir, 'teachers.json')",
             "teacher_tasks": [],
+            "teacher_top_k": 0,
             "soft_targets": "cached",
             "kd_loss_kind": "bce",
             "temperature": 1.0,
@@ -54,9 +55,10 @@ def distill_train() -> dict[str, Any]:
             "labelled_share": "natural",
         },
     )
-    add_settings_check(cfg, ["labelled_share"])
+    add_settings_check(cfg, ["labelled_share", "teacher_top_k"])
     ensemble = (
-        "$common.distill.teachers.load_ensemble(@teachers_file, @network_def, @device, @temperature, @teacher_tasks)"
+        "$common.distill.teachers.load_ensemble(@teachers_file, @network_def, @device, @temperature, "
+        "@teacher_tasks, @teacher_top_k)"
     )
     put(cfg, {"ensemble": ensemble}, after="network")
     distill_loss = {
@@ -123,7 +125,10 @@ def evaluate_ensemble() -> dict[str, Any]:
             h["section"] = "$'ensemble_' + @eval_name"
             h["checkpoint"] = "@teachers_file"
     cfg = {
-        "network": "$common.distill.teachers.load_ensemble(@teachers_file, @network_def, @device, 1.0, @teacher_tasks)",
+        "network": (
+            "$common.distill.teachers.load_ensemble(@teachers_file, @network_def, @device, 1.0, @teacher_tasks, "
+            "@teacher_top_k)"
+        ),
         "validate#handlers": handlers,
         "use_tuned": False,  # the tuned post-processing next to model.pt is the student's, not the ensemble's
     }
