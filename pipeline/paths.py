@@ -62,7 +62,16 @@ def write_results(
     print(f"wrote {path}")
 
 
+def without_dirs(value: Any) -> Any:
+    """``value`` without its ``dir`` entries (where a run folder lay on the machine that ran it)."""
+    if isinstance(value, dict):
+        return {k: without_dirs(v) for k, v in value.items() if k != "dir"}
+    return value
+
+
 def publish(target: str | Path, summary: dict[str, Any]) -> None:
-    """Write a run's summary where the bundle READMEs read it (``scripts/results/``): without its per-seed
-    details, every path in it portable."""
-    atomic_write_json(target, portable({k: v for k, v in summary.items() if k != "per_seed"}))
+    """Write a run's summary where the bundle READMEs read it (``scripts/results/``), every path in it portable.
+    The per-run records (``per_seed``) stay, without their run folders: summaries of the same study published
+    by different sittings (other folds or seeds) merge from them (``pipeline.merge``)."""
+    published = {**summary, "per_seed": without_dirs(summary["per_seed"])} if "per_seed" in summary else summary
+    atomic_write_json(target, portable(published))

@@ -82,6 +82,12 @@ def collect(seeds: Sequence[dict[str, Any]], external: Sequence[str] = ()) -> di
             source = rows.get(teacher["bundle"], {}).get(seed)
             if source:
                 rows.setdefault(f"teacher {teacher['task']}", {})[seed] = {**source, "mode": teacher["mode"]}
+    return in_report_order(rows)
+
+
+def in_report_order(rows: dict[str, Any]) -> dict[str, Any]:
+    """``rows`` in the report's order: baseline, the stage-1 variants, the teachers, multitask_joint,
+    mean_teacher, the ensemble, the student and its variants."""
     order = ["baseline"]
     order += sorted(r for r in rows if r.endswith(("_joint", "_pretrain")) and r != "multitask_joint")
     order += sorted(r for r in rows if r.startswith("teacher ") and r != "teacher ensemble")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.paths import portable, portable_command, portable_path
+from pipeline.paths import portable, portable_command, portable_path, without_dirs
 from pipeline.protocol import stage1_names
 from pipeline.scales import parse_overrides
 from pipeline.steps import Step, fingerprint
@@ -57,6 +57,8 @@ def test_pipeline_end_to_end_then_resumes_without_training(
     assert results["selection"]["0"]["hssl"] == "pretrain"  # the only hssl variant trained
     published = json.loads((tmp_path / "published.json").read_text())
     assert published["kind"] == "pipeline" and published["summary"] == summary and "--publish" in published["command"]
+    # the per-run records stay (other sittings' folds merge with them: scripts/merge_results.py), run folders go
+    assert published["per_seed"] == without_dirs(results["per_seed"]) and "dir" in results["per_seed"]["0"]["baseline"]
     report = (out / "report.md").read_text()
     for row in ("baseline", "mean_teacher", "student (distill)", "teacher ensemble"):
         assert f"| {row}" in report

@@ -1,0 +1,150 @@
+"""One study published by several sittings: merge pipeline summaries of disjoint folds or seeds into one.
+
+A study too long for one sitting runs ``run_pipeline.py --only-folds`` fold by fold, and each sitting publishes
+what it finished (``scripts/results/<part>.json``); the run folders of earlier sittings may be gone. Their
+published per-run records (``per_seed``: validation, test, tuned-test and external metrics of every model, per
+run key ``<seed>/fold<k>``) are all the merge needs: the summary (mean ± std over every run), the teacher
+selection, the refused teachers, the test ids and the compute table are rebuilt over the union, exactly as
+one run over all those folds would have reported them. Parts must share every setting except which folds
+ran (``only_folds``), the wall time and the student arms (the union is kept; an arm of the same name must mean
+the same overrides), and no run may be in two parts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.report import in_report_order, summarise
+
+#: settings that may differ between the parts of one study
+PER_SITTING = ("only_folds", "wall_time_s", "student_arms")
+#: keyed by run: the parts' entries are joined
+PER_RUN = ("selection", "refused", "test_ids")
+
+
+class MergeError(ValueError):
+    """Parts that are not one study, or not mergeable."""
+
+
+def read_part(path: Path) -> dict[str, Any]:
+    """A published pipeline summary with its per-run records."""
+    try:
+        part = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise MergeError(f"{path}: not a readable JSON summary ({e})") from None
+    if part.get("kind") != "pipeline":
+        raise MergeError(f"{path}: kind {part.get('kind')!r}, only run_pipeline.py summaries ('pipeline') merge")
+    if not part.get("per_seed"):
+        raise MergeError(
+            f"{path}: no per-run records (published before they were kept); "
+            "publish it again from its run folder with run_pipeline.py --publish"
+        )
+    return part
+
+
+def merged_arms(parts: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The union of the parts' student arms; an arm named alike in two parts must have the same overrides."""
+    arms: dict[str, Any] = {}
+    where: dict[str, Path] = {}
+    for path, part in parts:
+        for name, overrides in (part["settings"].get("student_arms") or {}).items():
+            if name in arms and arms[name] != overrides:
+                raise MergeError(
+                    f"{path}: student arm {name!r} is {overrides}, in {where[name]} it is {arms[name]}: rename one"
+                )
+            arms.setdefault(name, overrides)
+            where.setdefault(name, path)
+    return arms or None
+
+
+def check_same_study(parts: Sequence[tuple[Path, dict[str, Any]]]) -> None:
+    """Every setting but ``PER_SITTING`` alike; every run key in one part only."""
+    first_path, first = parts[0]
+    shared = {k: v for k, v in first["settings"].items() if k not in PER_SITTING}
+    owner = dict.fromkeys(first["per_seed"], first_path)
+    for path, part in parts[1:]:
+        settings = {k: v for k, v in part["settings"].items() if k not in PER_SITTING}
+        for key in sorted(set(shared) | set(settings)):
+            if shared.get(key) != settings.get(key):
+                raise MergeError(
+                    f"{path}: setting {key!r} is {json.dumps(settings.get(key))}, in {first_path} it is "
+                    f"{json.dumps(shared.get(key))}: not the same study"
+                )
+        for key in part["per_seed"]:
+            if key in owner:
+                raise MergeError(f"{path}: run {key} is also in {owner[key]}: each run may be published by one part")
+            owner[key] = path
+
+
+def merged_compute(parts: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``model -> stage -> {cpu_min, wall_min, runs}`` over every part: means weighted by their runs."""
+    totals: dict[tuple[str, str], list[float]] = {}
+    for part in parts:
+        for model, stages in (part.get("compute") or {}).items():
+            for stage, s in stages.items():
+                t = totals.setdefault((model, stage), [0.0, 0.0, 0])
+                t[0] += s["cpu_min"] * s["runs"]
+                t[1] += s["wall_min"] * s["runs"]
+                t[2] += s["runs"]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for (model, stage), (cpu, wall, runs) in sorted(totals.items()):
+        out.setdefault(model, {})[stage] = {
+            "cpu_min": round(cpu / runs, 2),
+            "wall_min": round(wall / runs, 2),
+            "runs": int(runs),
+        }
+    return out
+
+
+def run_order(key: str) -> tuple[int, int]:
+    """``0/fold2`` -> (0, 2); ``1`` -> (1, -1): runs sorted by seed, then fold."""
+    seed, _, fold = key.partition("/fold")
+    return int(seed), int(fold) if fold else -1
+
+
+def merge(paths: Sequence[Path], label: str, command: str) -> dict[str, Any]:
+    """The summary of the union of the parts' runs (see the module docstring)."""
+    if len(paths) < 2:
+        raise MergeError("give at least two published summaries to merge")
+    parts = [(Path(p), read_part(Path(p))) for p in paths]
+    check_same_study(parts)
+    per_seed = {
+        key: record
+        for key, record in sorted(
+            ((k, r) for _, part in parts for k, r in part["per_seed"].items()), key=lambda item: run_order(item[0])
+        )
+    }
+    rows: dict[str, dict[str, Any]] = {}
+    for key, models in per_seed.items():
+        for row, record in models.items():
+            rows.setdefault(row, {})[key] = record
+    first = parts[0][1]["settings"]
+    external = list(first.get("external") or {})
+    ran = sorted({run_order(k)[1] for k in per_seed} - {-1})
+    settings = {
+        **first,
+        "only_folds": None if not first.get("folds") or ran == list(range(first["folds"])) else ran,
+        "student_arms": merged_arms(parts),
+        "wall_time_s": round(sum(part["settings"].get("wall_time_s") or 0 for _, part in parts), 1),
+    }
+    merged: dict[str, Any] = {
+        "kind": "pipeline",
+        "label": label,
+        "command": command,
+        "parts": [
+            {"label": part.get("label"), "command": part.get("command"), "runs": list(part["per_seed"])}
+            for _, part in parts
+        ],
+        "settings": settings,
+        "summary": summarise(in_report_order(rows), external),
+        "per_seed": per_seed,
+    }
+    for name in PER_RUN:
+        if any(name in part for _, part in parts):
+            joined = {k: v for _, part in parts for k, v in (part.get(name) or {}).items()}
+            merged[name] = {k: joined[k] for k in sorted(joined, key=run_order)}
+    merged["compute"] = merged_compute([part for _, part in parts])
+    return merged
