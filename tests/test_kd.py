@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -110,12 +111,14 @@ def _unet() -> UNet:
     return UNet(2, 1, 1, channels=(4, 8, 16), strides=(2, 2), num_res_units=1, norm="batch")
 
 
-def _selection(tmp_path: Path, n: int = 2, scores: list[float] | None = None) -> Path:
+def _selection(
+    tmp_path: Path, n: int = 2, scores: list[float] | None = None, network: Callable[[], UNet] = _unet
+) -> Path:
     entries = []
     for i in range(n):
         torch.manual_seed(i)
         path = tmp_path / f"teacher{i}.pt"
-        torch.save(_unet().state_dict(), path)
+        torch.save(network().state_dict(), path)
         entries.append({"task": f"t{i}", "mode": "joint", "checkpoint": str(path), "sha256": file_sha256(path)})
         if scores:
             entries[-1].update(val=scores[i], val_dice_positive=0.1)
@@ -180,6 +183,28 @@ def test_cached_and_online_soft_targets_agree(tiny_siim: Path, tmp_path: Path) -
     assert other.folder_for(other_teachers) != cache.folder  # another selection never reads these targets
     with pytest.raises(KeyError, match="no soft target"):
         other.load(items[0]["image"])
+
+
+def test_a_soft_target_does_not_depend_on_which_images_were_missing(tiny_siim: Path, tmp_path: Path) -> None:
+    """Student arms share the cache and fill it in any order: every target has the same bytes regardless (a
+    batched convolution's last bits depend on the rest of its batch: enough, with a U-Net this wide, to flip
+    float16 values of some pixels)."""
+    datalist = load_or_build_datalist(str(tiny_siim), "", 0.5, 0, str(tmp_path / "cache"))
+    items = distillation_items(datalist)
+    load = [LoadXrayd(), LoadMaskd()]
+
+    def wide() -> UNet:
+        return UNet(2, 1, 1, channels=(16, 32, 64), strides=(2, 2), num_res_units=2)
+
+    ensemble = load_ensemble(_selection(tmp_path, network=wide), wide(), "cpu")
+    at_once = SoftTargetCache(load, tmp_path / "at_once", batch_size=8)
+    at_once.fill(ensemble, items)
+    in_parts = SoftTargetCache(load, tmp_path / "in_parts", batch_size=3)
+    in_parts.fill(ensemble, items[1::4])  # another arm's images first, in other batches
+    assert in_parts.fill(ensemble, items)["reused"] == len(items[1::4])
+    for item in items:
+        image = str(item["image"])
+        assert Path(at_once.file_for(image)).read_bytes() == Path(in_parts.file_for(image)).read_bytes(), image
 
 
 def test_trainer_uses_cached_targets_or_the_teachers_online(tmp_path: Path) -> None:

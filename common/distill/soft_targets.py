@@ -1,9 +1,13 @@
 """Soft targets for distillation: the teacher ensemble's probabilities, computed once and cached on disk.
 
 The teachers are frozen, so each training image's ensemble output (at the training resolution,
-before augmentation) never changes: ``SoftTargetCache.fill`` computes it once per image, in batches
-on the training device, and writes it as a float16 ``.npy``. ``LoadSoftTargetd`` puts it into the
-item as ``soft``, ahead of the random augmentations, which then move it with the image and label.
+before augmentation) never changes: ``SoftTargetCache.fill`` computes it once per image, one image per
+teacher pass on the training device, and writes it as a float16 ``.npy``. One image per pass, because a
+batched convolution's result depends (in its last bits, enough to flip float16 values) on the other images
+of its batch: which images those are depends on which student filled the cache first (student arms share
+it, two train side by side), so batched targets made a student's numbers depend on scheduling.
+``LoadSoftTargetd`` puts the target into the item as ``soft``, ahead of the random augmentations, which then
+move it with the image and label.
 
 The cache folder is keyed by the teachers' checkpoint sha256 values, the temperature and the
 deterministic preprocessing; each file by the image path, size and modification time. A new
@@ -67,7 +71,7 @@ class SoftTargetCache:
             augmentation (the bundle's ``load_transforms``); only its deterministic prefix is used.
         cache_dir: the bundle's cache folder.
         device: where the teachers run.
-        batch_size: images per teacher pass.
+        batch_size: images the loader reads at a time; the teachers still see one image per pass (above).
         num_workers: loader workers for reading the images.
     """
 
@@ -134,11 +138,12 @@ class SoftTargetCache:
         loader = DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers, shuffle=False)
         done = 0
         for batch in loader:
-            probabilities = ensemble.probabilities(torch.as_tensor(batch["image"]).to(self.device))
-            for path, p in zip(paths[done : done + len(probabilities)], probabilities, strict=True):
+            images = torch.as_tensor(batch["image"]).to(self.device)
+            for path, image in zip(paths[done : done + len(images)], images, strict=True):
+                p = ensemble.probabilities(image[None])[0]  # alone: the same bits whatever else is missing
                 with atomic_path(self.file_for(path)) as tmp:
                     np.save(tmp, p.cpu().numpy().astype(np.float16))
-            done += len(probabilities)
+            done += len(images)
 
     def load(self, image: str) -> np.ndarray:
         """The cached soft target of one image, float32 (1, H, W)."""
