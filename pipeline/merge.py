@@ -7,7 +7,9 @@ run key ``<seed>/fold<k>``) are all the merge needs: the summary (mean ± std ov
 selection, the refused teachers, the test ids and the compute table are rebuilt over the union, exactly as
 one run over all those folds would have reported them. Parts must share every setting except which folds
 ran (``only_folds``), the wall time and the student arms (the union is kept; an arm of the same name must mean
-the same overrides), and no run may be in two parts.
+the same overrides), and no run may be in two parts. They must also have trained in the same arithmetic
+(precision and torch threads: ``amp auto`` is bf16 on one CPU and fp32 on another); a part whose models did
+not record it merges, and the merged summary lists it under ``arithmetic_unrecorded``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from pipeline.report import in_report_order, summarise
 
 #: settings that may differ between the parts of one study
-PER_SITTING = ("only_folds", "wall_time_s", "student_arms")
+PER_SITTING = ("only_folds", "wall_time_s", "student_arms", "arithmetic")
 #: keyed by run: the parts' entries are joined
 PER_RUN = ("selection", "refused", "test_ids")
 
@@ -58,6 +60,24 @@ def merged_arms(parts: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, Any] 
             arms.setdefault(name, overrides)
             where.setdefault(name, path)
     return arms or None
+
+
+def merged_arithmetic(parts: Sequence[tuple[Path, dict[str, Any]]]) -> tuple[dict[str, Any] | None, list[str]]:
+    """The parts' common arithmetic (None if none recorded it) and the parts that did not record it."""
+    known: tuple[Path, dict[str, Any]] | None = None
+    unrecorded = []
+    for path, part in parts:
+        arithmetic = part["settings"].get("arithmetic")
+        if not arithmetic:
+            unrecorded.append(str(part.get("label") or path.name))
+        elif known is None:
+            known = (path, arithmetic)
+        elif arithmetic != known[1]:
+            raise MergeError(
+                f"{path}: trained in {json.dumps(arithmetic)}, {known[0]} in {json.dumps(known[1])}: "
+                "other arithmetic gives other numbers, not one study (set amp/amp_dtype and the threads alike)"
+            )
+    return (known[1] if known else None), unrecorded
 
 
 def check_same_study(parts: Sequence[tuple[Path, dict[str, Any]]]) -> None:
@@ -123,11 +143,13 @@ def merge(paths: Sequence[Path], label: str, command: str) -> dict[str, Any]:
             rows.setdefault(row, {})[key] = record
     first = parts[0][1]["settings"]
     external = list(first.get("external") or {})
+    arithmetic, unrecorded = merged_arithmetic(parts)
     ran = sorted({run_order(k)[1] for k in per_seed} - {-1})
     settings = {
         **first,
         "only_folds": None if not first.get("folds") or ran == list(range(first["folds"])) else ran,
         "student_arms": merged_arms(parts),
+        "arithmetic": arithmetic,
         "wall_time_s": round(sum(part["settings"].get("wall_time_s") or 0 for _, part in parts), 1),
     }
     merged: dict[str, Any] = {
@@ -142,6 +164,8 @@ def merge(paths: Sequence[Path], label: str, command: str) -> dict[str, Any]:
         "summary": summarise(in_report_order(rows), external),
         "per_seed": per_seed,
     }
+    if unrecorded:
+        merged["arithmetic_unrecorded"] = unrecorded
     for name in PER_RUN:
         if any(name in part for _, part in parts):
             joined = {k: v for _, part in parts for k, v in (part.get(name) or {}).items()}

@@ -125,6 +125,15 @@ def summarise(rows: dict[str, dict[str, dict[str, Any]]], external: Sequence[str
     return out
 
 
+def arithmetic_line(arithmetic: dict[str, list] | None) -> str:
+    """``trained in fp32+channels_last, 1 torch thread(s)``, or that the models did not record it."""
+    if not arithmetic:
+        return "precision and threads not recorded"
+    precision = " / ".join(arithmetic["precision"]) or "?"
+    threads = " / ".join(str(t) for t in arithmetic["torch_threads"]) or "?"
+    return f"trained in {precision}, {threads} torch thread(s)"
+
+
 def _fmt(stat: dict[str, Any]) -> str:
     if stat["mean"] is None:
         return "-"
@@ -355,11 +364,25 @@ def data_lines(seeds: Sequence[dict[str, Any]], settings: dict[str, Any]) -> lis
     return lines
 
 
+def arithmetic_of(seeds: Sequence[dict[str, Any]]) -> dict[str, list] | None:
+    """The precisions and torch thread counts the run's models trained in (``arithmetic`` in each
+    metrics.json); None when no model recorded them (trained before they were recorded)."""
+    found: dict[str, set] = {"precision": set(), "torch_threads": set()}
+    for run in seeds:
+        for folder in run["models"].values():
+            recorded = _metrics_of(folder).section("training").get("arithmetic") or {}
+            for key, values in found.items():
+                if recorded.get(key) is not None:
+                    values.add(recorded[key])
+    return {k: sorted(v) for k, v in found.items()} if any(found.values()) else None
+
+
 def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str, Any]) -> str:
     """Write results.json, report.md and the figures under ``out``; return the results table."""
     import matplotlib
 
     matplotlib.use("Agg")
+    settings = {**settings, "arithmetic": arithmetic_of(seeds)}
     external = list(settings.get("external") or {})
     rows = collect(seeds, external)
     summary = summarise(rows, external)
@@ -392,7 +415,8 @@ def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str,
         "",
         *data_lines(seeds, settings),
         f"Runs {', '.join(keys)} (seed, or seed/fold; split and training seeded alike), scale `{settings['scale']}` "
-        f"(overrides {json.dumps(settings['overrides'])}); wall time {settings['wall_time_s']:.0f} s.",
+        f"(overrides {json.dumps(settings['overrides'])}); wall time {settings['wall_time_s']:.0f} s; "
+        f"{arithmetic_line(settings['arithmetic'])}.",
         "Test-split metrics: Dice with the SIIM-ACR rule (empty truth and empty prediction score 1), Dice over",
         f"images with a positive truth, IoU; mean ± std over the runs{ext}. Teachers: each task's better mode on",
         "the validation score `dice_hmean` (the mode chosen per run in brackets); a variant blank on validation is",

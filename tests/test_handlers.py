@@ -42,6 +42,7 @@ def test_status_life_cycle_and_nan(tmp_path: Path) -> None:
         "epochs_trained": 1,
         "max_epochs": 1,
         "key_metric": "dice",
+        "arithmetic": {"precision": "fp32", "torch_threads": torch.get_num_threads()},  # a plain ignite engine
         "seed": 3,
     }
     assert final["validation"]["dice"] == 0.4 and final["validation"]["dice_positive"] is None

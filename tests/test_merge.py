@@ -102,6 +102,12 @@ def test_student_arms_are_united_and_a_fold_only_one_part_has_counts_once(tmp_pa
         (lambda p: part(p, "again", runs([1, 2])), r"again\.json: run 0/fold1 is also in .*first\.json"),
         (lambda p: part(p, "other", runs([2]), scale="full"), r"other\.json: setting 'scale' is \"full\", in .*"),
         (
+            lambda p: part(
+                p, "bf16", runs([2]), arithmetic={"precision": ["bf16+channels_last"], "torch_threads": [1]}
+            ),
+            r"bf16\.json: trained in .*bf16.*, .*first\.json in .*fp32.*: other arithmetic gives other numbers",
+        ),
+        (
             lambda p: part(p, "arm", runs([2]), arms={"x": {"alpha": 1}}),
             r"arm\.json: student arm 'x' is \{'alpha': 1\}, in .*first\.json it is \{'alpha': 2\}: rename one",
         ),
@@ -110,7 +116,8 @@ def test_student_arms_are_united_and_a_fold_only_one_part_has_counts_once(tmp_pa
 def test_parts_of_different_studies_or_the_same_run_twice_stop_with_a_message(
     tmp_path: Path, second, message: str
 ) -> None:
-    first = part(tmp_path, "first", runs([0, 1]), arms={"x": {"alpha": 2}})
+    fp32 = {"precision": ["fp32+channels_last"], "torch_threads": [1]}
+    first = part(tmp_path, "first", runs([0, 1]), arms={"x": {"alpha": 2}}, arithmetic=fp32)
     with pytest.raises(ValueError, match=message):
         merge([first, second(tmp_path)], "m", "c")
 
@@ -128,3 +135,14 @@ def test_a_summary_without_per_run_records_says_how_to_republish(tmp_path: Path,
     with pytest.raises(ValueError, match=r"kind 'ablation', only run_pipeline\.py summaries"):
         merge([fresh, ablation], "m", "c")
     assert not (tmp_path / "m.json").exists()
+
+
+def test_a_part_without_recorded_arithmetic_merges_and_is_named(tmp_path: Path) -> None:
+    fp32 = {"precision": ["fp32+channels_last"], "torch_threads": [1]}
+    recorded = part(tmp_path, "recorded", runs([0]), arithmetic=fp32)
+    older = part(tmp_path, "older", runs([1]))
+    merged = merge([older, recorded], "m", "c")
+    assert merged["settings"]["arithmetic"] == fp32 and merged["arithmetic_unrecorded"] == ["older"]
+    assert "arithmetic_unrecorded" not in merge(
+        [recorded, part(tmp_path, "same", runs([2]), arithmetic=fp32)], "m", "c"
+    )

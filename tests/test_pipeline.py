@@ -47,6 +47,7 @@ def test_pipeline_end_to_end_then_resumes_without_training(
         assert f"{name}: trained" in first
         metrics = json.loads((out / "seed0" / name / "models" / "metrics.json").read_text())
         assert metrics["training"]["status"] == "complete" and "test" in metrics and "test_tuned" in metrics
+        assert metrics["training"]["arithmetic"]["torch_threads"] >= 1  # what the numbers were computed in
         tuned = metrics["postprocessing"]  # one tuning protocol for every model, the student's included
         assert tuned["tuned_on"] == "validation" and tuned["grid"] == grids.setdefault("grid", tuned["grid"])
     results = json.loads((out / "results.json").read_text())
@@ -57,6 +58,7 @@ def test_pipeline_end_to_end_then_resumes_without_training(
     assert results["selection"]["0"]["hssl"] == "pretrain"  # the only hssl variant trained
     published = json.loads((tmp_path / "published.json").read_text())
     assert published["kind"] == "pipeline" and published["summary"] == summary and "--publish" in published["command"]
+    assert len(results["settings"]["arithmetic"]["precision"]) == 1  # one precision for every model of the run
     # the per-run records stay (other sittings' folds merge with them: scripts/merge_results.py), run folders go
     assert published["per_seed"] == without_dirs(results["per_seed"]) and "dir" in results["per_seed"]["0"]["baseline"]
     report = (out / "report.md").read_text()

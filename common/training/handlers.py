@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
@@ -36,6 +37,15 @@ def _n_images(engine: Engine) -> int | None:
     loader = engine.state.dataloader
     source = getattr(loader, "dataset", loader)
     return len(source) if hasattr(source, "__len__") else None
+
+
+def arithmetic(engine: Engine) -> dict[str, Any]:
+    """What the numbers were computed in: the trainer's precision (``amp: auto`` picks bf16 on one CPU and
+    fp32 on another) and torch's CPU threads (their count changes float reductions): runs that differ here
+    differ in their numbers, seed and code alike."""
+    precision = getattr(engine, "precision", None)
+    name = precision.name if precision is not None else ("amp" if getattr(engine, "amp", False) else "fp32")
+    return {"precision": name, "torch_threads": torch.get_num_threads()}
 
 
 class TrainingMetricsWriter:
@@ -91,6 +101,7 @@ class TrainingMetricsWriter:
             "epochs_trained": engine.state.epoch,
             "max_epochs": engine.state.max_epochs,
             "key_metric": self.key_metric,
+            "arithmetic": arithmetic(engine),
             **self.extra,
         }
 
