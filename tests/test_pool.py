@@ -119,6 +119,35 @@ def test_a_datalist_takes_one_pool(labelled: dict, tmp_path: Path) -> None:
     assert with_pool(labelled, "") is labelled  # no pool: unchanged
 
 
+def test_pool_size_narrows_the_pool_a_datalist_holds(
+    labelled: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A datalist with a pool (as the pipeline writes) and ``pool_size`` but no ``unlabelled_dir``: the bundle
+    keeps a seeded, nested subset of that pool; the split's own unlabelled images stay; counts follow."""
+    for i in range(6):
+        _save_png(np.roll(np.eye(64), 9 * i, axis=1), tmp_path / "archive" / f"{i}.png")
+    first, *rest = labelled["training_labelled"]
+    own = {"id": first["id"], "image": first["image"]}  # an unlabelled image of the labelled split (no source)
+    base = {**labelled, "training_labelled": rest, "training_unlabelled": [own], "counts": {"training_unlabelled": 1}}
+    full = with_pool(base, tmp_path / "archive", seed=3)
+    assert with_pool(full, None) is full and with_pool(full, None, "all") is full
+    two, four = with_pool(full, None, 2), with_pool(full, "", pool_size=4)
+    pooled = [{it["id"] for it in d["training_unlabelled"] if "source" in it} for d in (two, four)]
+    assert len(pooled[0]) == 2 and len(pooled[1]) == 4 and pooled[0] <= pooled[1]
+    assert own in two["training_unlabelled"] and own in four["training_unlabelled"]
+    assert two["pool"]["counts"]["used"] == 2 and two["pool"]["used"] == {"archive": 2}
+    assert two["pool"]["pool_size"] == 2 and two["pool"]["narrowed_from"] == 6
+    assert two["counts"] == {"training_unlabelled": 3, "pool": 2}
+    assert pool_counts(two)["used"] == 2
+    assert with_pool(full, None, 0)["training_unlabelled"] == [own]
+    assert with_pool(full, None, 2) == two  # seeded
+    caplog.set_level("WARNING", logger="common.data.pool")
+    assert len(with_pool(full, None, 50)["training_unlabelled"]) == 7
+    assert "pool_size 50 but the datalist's pool has 6 images" in caplog.text
+    with pytest.raises(ValueError, match="pool_size must be 'all' or a whole number"):
+        with_pool(full, None, -1)
+
+
 def test_prepare_siim_adds_the_pool_and_lists_its_skips(
     tiny_siim: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -288,8 +288,13 @@ def with_pool(
 ) -> dict[str, Any]:
     """``datalist`` with the pool's images appended to ``training_unlabelled`` and its summary as ``pool``
     (:func:`build_pool`, which takes the other arguments); unchanged without ``unlabelled_dir``. A datalist
-    that already holds a pool (built by ``prepare_siim.py --unlabelled-dir``) takes no second one."""
+    that already holds a pool (built by ``prepare_siim.py --unlabelled-dir`` or by the pipeline) takes no
+    second one; without ``unlabelled_dir`` a ``pool_size`` other than ``all`` narrows that pool
+    (:func:`narrow_pool`), so a bundle can learn from part of the pool its datalist holds."""
     if not pool_dirs(unlabelled_dir):
+        pool_size = kwargs.get("pool_size", args[0] if args else ALL)
+        if datalist.get("pool") and _check_pool_size(pool_size) is not None:
+            return narrow_pool(datalist, pool_size)
         return datalist
     if datalist.get("pool"):
         raise ValueError(
@@ -298,11 +303,42 @@ def with_pool(
         )
     chosen, summary = build_pool(datalist, unlabelled_dir, *args, **kwargs)
     out = {**datalist, "training_unlabelled": [*datalist["training_unlabelled"], *chosen], "pool": summary}
-    if "counts" in datalist:  # a datalist as written by build_datalist
+    return _with_counts(out, datalist, len(chosen))
+
+
+def narrow_pool(datalist: dict[str, Any], pool_size: int | str) -> dict[str, Any]:
+    """``datalist`` keeping ``pool_size`` of the pool images it holds: a subset seeded by the pool's own seed,
+    hence nested (the images of a 250-pool are among those of a 500-pool). The labelled split's unlabelled
+    images (those without a ``source``) stay. Asking for more images than the pool has keeps all of them,
+    with a warning, as :func:`build_pool` does."""
+    size = _check_pool_size(pool_size)
+    pool = datalist["pool"]
+    unlabelled = datalist["training_unlabelled"]
+    own = [it for it in unlabelled if "source" not in it]
+    pooled = [it for it in unlabelled if "source" in it]
+    if size is not None and size > len(pooled):
+        logger.warning("pool: pool_size %d but the datalist's pool has %d images: using all of them", size, len(pooled))
+    kept = seeded_subset(pooled, size, pool["seed"])
+    used = {name: sum(it["source"] == name for it in kept) for name in pool["used"]}
+    summary = {
+        **pool,
+        "pool_size": ALL if size is None else size,
+        "used": used,
+        "counts": {**pool["counts"], "used": len(kept)},
+        "narrowed_from": len(pooled),
+    }
+    out = {**datalist, "training_unlabelled": [*own, *kept], "pool": summary}
+    return _with_counts(out, datalist, len(kept))
+
+
+def _with_counts(out: dict[str, Any], datalist: dict[str, Any], pool_used: int) -> dict[str, Any]:
+    """``out`` with ``counts`` updated for its unlabelled images, when ``datalist`` (as written by
+    ``build_datalist``) has counts."""
+    if "counts" in datalist:
         out["counts"] = {
             **datalist["counts"],
             "training_unlabelled": len(out["training_unlabelled"]),
-            "pool": len(chosen),
+            "pool": pool_used,
         }
     return out
 
