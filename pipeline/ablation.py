@@ -27,10 +27,15 @@ NOT_METRICS = ("n_images", "best_epoch")  # numbers of an evaluation section tha
 SHOWN = ("dice", "dice_positive", "iou")  # the metrics shown first (the test columns of the table)
 
 
-def check_arguments(folds: int, labelled_fraction: float, labelled_count: int | None) -> None:
+def check_arguments(
+    folds: int, labelled_fraction: float, labelled_count: int | None, only_folds: Sequence[int] = ()
+) -> None:
     """Stop (``SystemExit``) on options no data could satisfy (the data checks the rest)."""
     if folds < 2:
         raise SystemExit(f"error: --folds must be at least 2, got {folds}")
+    bad = [f for f in only_folds if not 0 <= f < folds]
+    if bad:
+        raise SystemExit(f"error: --only-folds {bad[0]}: not a fold of --folds {folds} (0 to {folds - 1})")
     if not 0.0 < labelled_fraction <= 1.0:
         raise SystemExit(f"error: --labelled-fraction must be in (0, 1], got {labelled_fraction}")
     if labelled_count is not None and labelled_count < 1:
@@ -59,6 +64,11 @@ def fold_data(
         raise SystemExit(f"error: {e}") from None
 
 
+def ran_folds(folds: int, only_folds: Sequence[int] = ()) -> list[int]:
+    """The folds a run trains: ``only_folds`` (sorted, once each) when given, else all ``folds``."""
+    return sorted(set(only_folds)) if only_folds else list(range(folds))
+
+
 def ablation_steps(
     setting: RunSetting,
     bundle: str,
@@ -67,11 +77,12 @@ def ablation_steps(
     folds: int,
     fraction: float,
     count: int | None,
+    only_folds: Sequence[int] = (),
 ) -> list[tuple[int, int, str, Step]]:
-    """(seed, fold, arm, step) for every run; the fold datalists are written first."""
+    """(seed, fold, arm, step) for every run (of ``only_folds`` when given); the fold datalists are written first."""
     runs = []
     for seed in seeds:
-        for fold in range(folds):
+        for fold in ran_folds(folds, only_folds):
             data, sha = fold_data(setting, seed, fold, folds, fraction, count)
             fold_dir = setting.out / f"seed{seed}" / f"fold{fold}"
             for arm, extra in arms.items():
@@ -145,14 +156,14 @@ def table(summary: Mapping[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def fold_test_ids(out: Path, seeds: Sequence[int], folds: int) -> dict[str, dict[str, list[str]]]:
+def fold_test_ids(out: Path, seeds: Sequence[int], folds: Sequence[int]) -> dict[str, dict[str, list[str]]]:
     """The image ids of each fold's test set, per seed (from the written datalists)."""
 
     def ids(seed: int, fold: int) -> list[str]:
         datalist = json.loads((out / f"seed{seed}" / f"fold{fold}" / "datalist.json").read_text())
         return [it["id"] for it in datalist["test"]]
 
-    return {f"seed{s}": {f"fold{k}": ids(s, k) for k in range(folds)} for s in seeds}
+    return {f"seed{s}": {f"fold{k}": ids(s, k) for k in folds} for s in seeds}
 
 
 def run_ablation(
@@ -169,25 +180,32 @@ def run_ablation(
     jobs: int | None = None,
     force: bool = False,
     publish_to: str | Path | None = None,
+    only_folds: Sequence[int] = (),
+    command: str | None = None,
 ) -> int:
     """Train and evaluate every arm on every fold and seed; write (and with ``publish_to`` publish) and print
-    the summary. ``arms``: {name: overrides} (default: the bundle's own settings, named after it)."""
+    the summary. ``arms``: {name: overrides} (default: the bundle's own settings, named after it);
+    ``only_folds``: train and summarise only these folds (a long ablation over several sittings, whose
+    published parts ``pipeline.merge`` joins); ``command``: the command line, recorded in the summary."""
     arms = dict(arms or {bundle: {}})
-    check_arguments(folds, labelled_fraction, labelled_count)
+    check_arguments(folds, labelled_fraction, labelled_count, only_folds)
     check_arms(arms, bundle)
     setting = RunSetting(Path(dataset_dir), Path(out), scale, dict(overrides or {}), force=force, bundles=[bundle])
     runner = Runner(jobs, 1, setting.out / "logs")
     start = time.time()
-    runs = ablation_steps(setting, bundle, arms, seeds, folds, labelled_fraction, labelled_count)
+    runs = ablation_steps(setting, bundle, arms, seeds, folds, labelled_fraction, labelled_count, only_folds)
     runner.run_all({f"[seed {s} fold {k}] {arm}": partial(train_and_evaluate, runner, step, force)
                     for s, k, arm, step in runs})  # fmt: skip
     per_run = [run_record(s, k, arm, step) for s, k, arm, step in runs]
     summary = summarise(per_run, list(arms))
+    ran = ran_folds(folds, only_folds)
     results = {
+        **({"command": command} if command else {}),
         "settings": {
             "dataset": setting.shown["dataset_dir"],
             "bundle": bundle,
             "folds": folds,
+            "only_folds": ran if only_folds else None,
             "seeds": list(seeds),
             "labelled_fraction": labelled_fraction,
             "labelled_count": labelled_count,
@@ -198,7 +216,7 @@ def run_ablation(
         },
         "summary": summary,
         "per_run": per_run,
-        "test_sets": fold_test_ids(setting.out, seeds, folds),
+        "test_sets": fold_test_ids(setting.out, seeds, ran),
     }
     write_results(setting.out / "ablation.json", results, "ablation", table(summary), publish_to)
     return 0

@@ -34,6 +34,11 @@ def add_run_arguments(
     parser.add_argument("--force", action="store_true", help="retrain and re-evaluate everything")
 
 
+def add_only_folds_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--only-folds K ...``: a long k-fold run split over sittings (the splits do not change)."""
+    parser.add_argument("--only-folds", type=int, nargs="+", default=[], metavar="K", help=what)
+
+
 def parse_run_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> dict[str, Any]:
     """The parsed arguments as keywords (``--set`` parsed); progress lines then appear as they happen."""
     args = parser.parse_args(argv)

@@ -10,19 +10,26 @@ ran (``only_folds``), the wall time and the student arms (the union is kept; an 
 the same overrides), and no run may be in two parts. They must also have trained in the same arithmetic
 (precision and torch threads: ``amp auto`` is bf16 on one CPU and fp32 on another); a part whose models did
 not record it merges, and the merged summary lists it under ``arithmetic_unrecorded``.
+
+Ablations (``scripts/ablate.py --only-folds``, kind ``ablation``) merge alike from their ``per_run`` records:
+every setting but the folds and seeds that ran, the wall time and the arms equal; no (seed, fold, arm) run in
+two parts; the summary and table rebuilt over the union (:func:`merge_ablations`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline import ablation
 from pipeline.report import in_report_order, summarise
 
 #: settings that may differ between the parts of one study
 PER_SITTING = ("only_folds", "wall_time_s", "student_arms", "arithmetic")
+#: settings that may differ between the parts of one ablation
+ABLATION_PER_SITTING = ("only_folds", "seeds", "wall_time_s", "arms")
 #: keyed by run: the parts' entries are joined
 PER_RUN = ("selection", "refused", "test_ids")
 
@@ -32,13 +39,20 @@ class MergeError(ValueError):
 
 
 def read_part(path: Path) -> dict[str, Any]:
-    """A published pipeline summary with its per-run records."""
+    """A published pipeline or ablation summary with its per-run records."""
     try:
         part = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise MergeError(f"{path}: not a readable JSON summary ({e})") from None
+    if part.get("kind") == "ablation":
+        if not part.get("per_run"):
+            raise MergeError(f"{path}: an ablation summary without per-run records (per_run): nothing to merge")
+        return part
     if part.get("kind") != "pipeline":
-        raise MergeError(f"{path}: kind {part.get('kind')!r}, only run_pipeline.py summaries ('pipeline') merge")
+        raise MergeError(
+            f"{path}: kind {part.get('kind')!r}, only run_pipeline.py ('pipeline') and ablate.py ('ablation') "
+            "summaries merge"
+        )
     if not part.get("per_seed"):
         raise MergeError(
             f"{path}: no per-run records (published before they were kept); "
@@ -47,15 +61,18 @@ def read_part(path: Path) -> dict[str, Any]:
     return part
 
 
-def merged_arms(parts: Sequence[tuple[Path, dict[str, Any]]]) -> dict[str, Any] | None:
-    """The union of the parts' student arms; an arm named alike in two parts must have the same overrides."""
+def merged_arms(
+    parts: Sequence[tuple[Path, dict[str, Any]]], key: str = "student_arms", what: str = "student arm"
+) -> dict[str, Any] | None:
+    """The union of the parts' arms (``settings[key]``); an arm named alike in two parts must have the same
+    overrides."""
     arms: dict[str, Any] = {}
     where: dict[str, Path] = {}
     for path, part in parts:
-        for name, overrides in (part["settings"].get("student_arms") or {}).items():
+        for name, overrides in (part["settings"].get(key) or {}).items():
             if name in arms and arms[name] != overrides:
                 raise MergeError(
-                    f"{path}: student arm {name!r} is {overrides}, in {where[name]} it is {arms[name]}: rename one"
+                    f"{path}: {what} {name!r} is {overrides}, in {where[name]} it is {arms[name]}: rename one"
                 )
             arms.setdefault(name, overrides)
             where.setdefault(name, path)
@@ -80,19 +97,26 @@ def merged_arithmetic(parts: Sequence[tuple[Path, dict[str, Any]]]) -> tuple[dic
     return (known[1] if known else None), unrecorded
 
 
-def check_same_study(parts: Sequence[tuple[Path, dict[str, Any]]]) -> None:
-    """Every setting but ``PER_SITTING`` alike; every run key in one part only."""
+def check_same_settings(parts: Sequence[tuple[Path, dict[str, Any]]], per_sitting: Sequence[str]) -> None:
+    """Every setting but those in ``per_sitting`` alike in every part."""
     first_path, first = parts[0]
-    shared = {k: v for k, v in first["settings"].items() if k not in PER_SITTING}
-    owner = dict.fromkeys(first["per_seed"], first_path)
+    shared = {k: v for k, v in first["settings"].items() if k not in per_sitting}
     for path, part in parts[1:]:
-        settings = {k: v for k, v in part["settings"].items() if k not in PER_SITTING}
+        settings = {k: v for k, v in part["settings"].items() if k not in per_sitting}
         for key in sorted(set(shared) | set(settings)):
             if shared.get(key) != settings.get(key):
                 raise MergeError(
                     f"{path}: setting {key!r} is {json.dumps(settings.get(key))}, in {first_path} it is "
                     f"{json.dumps(shared.get(key))}: not the same study"
                 )
+
+
+def check_same_study(parts: Sequence[tuple[Path, dict[str, Any]]]) -> None:
+    """Every setting but ``PER_SITTING`` alike; every run key in one part only."""
+    check_same_settings(parts, PER_SITTING)
+    first_path, first = parts[0]
+    owner = dict.fromkeys(first["per_seed"], first_path)
+    for path, part in parts[1:]:
         for key in part["per_seed"]:
             if key in owner:
                 raise MergeError(f"{path}: run {key} is also in {owner[key]}: each run may be published by one part")
@@ -125,11 +149,28 @@ def run_order(key: str) -> tuple[int, int]:
     return int(seed), int(fold) if fold else -1
 
 
+def merged_header(
+    kind: str, label: str, command: str, parts: Sequence[tuple[Path, dict[str, Any]]], runs: Callable[[dict], Any]
+) -> dict[str, Any]:
+    """A merged summary's kind, label, command and its parts (each part's label, command and ``runs(part)``)."""
+    return {
+        "kind": kind,
+        "label": label,
+        "command": command,
+        "parts": [{"label": p.get("label"), "command": p.get("command"), "runs": runs(p)} for _, p in parts],
+    }
+
+
 def merge(paths: Sequence[Path], label: str, command: str) -> dict[str, Any]:
     """The summary of the union of the parts' runs (see the module docstring)."""
     if len(paths) < 2:
         raise MergeError("give at least two published summaries to merge")
     parts = [(Path(p), read_part(Path(p))) for p in paths]
+    kinds = {part["kind"] for _, part in parts}
+    if len(kinds) > 1:
+        raise MergeError(f"{paths[-1]}: parts of kinds {sorted(kinds)}: a pipeline and an ablation are not one study")
+    if kinds == {"ablation"}:
+        return merge_ablations(parts, label, command)
     check_same_study(parts)
     per_seed = {
         key: record
@@ -153,13 +194,7 @@ def merge(paths: Sequence[Path], label: str, command: str) -> dict[str, Any]:
         "wall_time_s": round(sum(part["settings"].get("wall_time_s") or 0 for _, part in parts), 1),
     }
     merged: dict[str, Any] = {
-        "kind": "pipeline",
-        "label": label,
-        "command": command,
-        "parts": [
-            {"label": part.get("label"), "command": part.get("command"), "runs": list(part["per_seed"])}
-            for _, part in parts
-        ],
+        **merged_header("pipeline", label, command, parts, lambda part: list(part["per_seed"])),
         "settings": settings,
         "summary": summarise(in_report_order(rows), external),
         "per_seed": per_seed,
@@ -172,3 +207,51 @@ def merge(paths: Sequence[Path], label: str, command: str) -> dict[str, Any]:
             merged[name] = {k: joined[k] for k in sorted(joined, key=run_order)}
     merged["compute"] = merged_compute([part for _, part in parts])
     return merged
+
+
+def fold_order(item: tuple[str, Any]) -> int:
+    """``("fold2", ...)`` -> 2: an ablation's test sets sorted by fold."""
+    return int(item[0].removeprefix("fold"))
+
+
+def merge_ablations(parts: Sequence[tuple[Path, dict[str, Any]]], label: str, command: str) -> dict[str, Any]:
+    """The ablation summary of the union of the parts' runs: what one ``ablate.py`` run over all their folds,
+    seeds and arms would have published (every other setting alike; each (seed, fold, arm) in one part)."""
+    check_same_settings(parts, ABLATION_PER_SITTING)
+    owner: dict[tuple[int, int, str], Path] = {}
+    for path, part in parts:
+        for run in part["per_run"]:
+            key = (run["seed"], run["fold"], run["arm"])
+            if key in owner:
+                raise MergeError(
+                    f"{path}: run seed {key[0]} fold {key[1]} arm {key[2]!r} is also in {owner[key]}: "
+                    "each run may be published by one part"
+                )
+            owner[key] = path
+    arms = merged_arms(parts, "arms", "arm") or {}
+    per_run = sorted(
+        (run for _, part in parts for run in part["per_run"]),
+        key=lambda r: (r["seed"], r["fold"], list(arms).index(r["arm"])),
+    )
+    summary = ablation.summarise(per_run, list(arms))
+    first = parts[0][1]["settings"]
+    ran = sorted({r["fold"] for r in per_run})
+    test_sets: dict[str, dict[str, list[str]]] = {}
+    for _, part in parts:
+        for seed, folds in (part.get("test_sets") or {}).items():
+            test_sets.setdefault(seed, {}).update(folds)
+    settings = {
+        **first,
+        "arms": arms,
+        "seeds": sorted({r["seed"] for r in per_run}),
+        "only_folds": None if ran == list(range(first["folds"])) else ran,
+        "wall_time_s": sum(part["settings"].get("wall_time_s") or 0 for _, part in parts),
+    }
+    return {
+        **merged_header("ablation", label, command, parts, lambda part: len(part["per_run"])),
+        "settings": settings,
+        "summary": summary,
+        "per_run": per_run,
+        "test_sets": {seed: dict(sorted(f.items(), key=fold_order)) for seed, f in sorted(test_sets.items())},
+        "table": ablation.table(summary),
+    }

@@ -7,7 +7,9 @@ one run of ``--bundle`` per ``--arm NAME key=value ...`` (an arm without overrid
 settings; no ``--arm``: that one arm, named after the bundle), evaluated on the fold. Runs are resumable
 and run side by side like the pipeline's. Writes ``<out>/ablation.json`` (per arm mean ± std over folds x
 seeds, blank runs, every run, each fold's test ids) and prints the table; ``--publish FILE`` also writes
-the summary there. The ablation itself: ``pipeline/ablation.py``.
+the summary there. ``--only-folds K ...`` trains and summarises only those folds (the splits do not change): a
+long ablation runs over several sittings, each publishing its folds, and ``scripts/merge_results.py`` joins
+the parts. The ablation itself: ``pipeline/ablation.py``.
 
     python scripts/ablate.py --dataset-dir ../shared/data/siim_real/labelled --folds 5 --seeds 0 1 \\
         --scale small --arm before checkpoint_metric=dice --arm after --out runs/imbalance
@@ -21,8 +23,8 @@ from pathlib import Path
 
 from pipeline.ablation import run_ablation
 from pipeline.arms import parse_arms
-from pipeline.cli import add_run_arguments, parse_run_arguments, run_command
-from pipeline.paths import REPO
+from pipeline.cli import add_only_folds_argument, add_run_arguments, parse_run_arguments, run_command
+from pipeline.paths import REPO, portable_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,11 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--arm", dest="arms", action="append", nargs="+", metavar=("NAME", "KEY=VALUE"), help="an arm (repeatable)"
     )
+    add_only_folds_argument(
+        parser, "train and summarise only these folds of --folds (a long ablation fold by fold; merge_results.py joins)"
+    )
     parser.add_argument(
         "--publish", dest="publish_to", type=Path, help="also write the summary here (e.g. scripts/results/x.json)"
     )
     arguments = parse_run_arguments(parser, argv)
     arguments["arms"] = parse_arms(arguments["arms"], arguments["bundle"])
+    arguments["command"] = portable_command("scripts/ablate.py", sys.argv[1:] if argv is None else argv)
     return run_command(run_ablation, arguments)
 
 

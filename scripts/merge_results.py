@@ -4,7 +4,8 @@
     python scripts/merge_results.py scripts/results/study_folds01.json scripts/results/study_folds234.json \
         --out scripts/results/study.json --label "siim_real: ..., folds 0-4 of 5"
 
-Every part must come from ``run_pipeline.py --publish`` with the same settings (see ``pipeline.merge``).
+Every part must come from ``run_pipeline.py --publish`` with the same settings, or every part from
+``ablate.py --publish`` (an ablation run fold by fold with ``--only-folds``; see ``pipeline.merge``).
 The merged summary is what one run over all those folds would have published; its table is printed.
 """
 
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     except MergeError as e:
         raise SystemExit(f"error: {e}") from None
     publish(args.out, merged)
+    if merged["kind"] == "ablation":
+        print(merged["table"])
+        print(f"wrote {args.out}: {len(merged['per_run'])} runs of {len(merged['settings']['arms'])} arms")
+        return 0
     print(results_table(merged["summary"], list(merged["settings"].get("external") or {})))
     print(f"wrote {args.out}: {len(merged['per_seed'])} runs ({', '.join(merged['per_seed'])})")
     return 0

@@ -52,7 +52,7 @@ from pathlib import Path
 from common.data.pool import add_pool_arguments
 from common.ssl import list_tasks
 from pipeline.arms import parse_arms
-from pipeline.cli import add_run_arguments, parse_run_arguments
+from pipeline.cli import add_only_folds_argument, add_run_arguments, parse_run_arguments
 from pipeline.paths import REPO
 from pipeline.protocol import run_protocol
 from pipeline.tracking import log_report
@@ -71,13 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="no post-processing tuning on validation (no tuned test columns; make demo: its 10 minutes)",
     )
-    parser.add_argument(
-        "--only-folds",
-        type=int,
-        nargs="+",
-        default=[],
-        metavar="K",
-        help="run and report only these folds of --folds (a long study fold by fold; the splits do not change)",
+    add_only_folds_argument(
+        parser, "run and report only these folds of --folds (a long study fold by fold; the splits do not change)"
     )
     parser.add_argument(
         "--student-arm",

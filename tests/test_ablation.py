@@ -10,6 +10,7 @@ import pytest
 from pipeline.ablation import summarise, table
 from pipeline.arms import parse_arms
 from scripts.ablate import main as ablate
+from scripts.merge_results import main as merge_results
 
 TINY = ["--set", "epochs=1", "val_interval=1", "num_workers=0"]
 
@@ -19,10 +20,11 @@ def test_two_arms_on_two_folds_then_a_rerun_trains_nothing(
     tiny_siim: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "ablation"
-    args = [
+    run = [
         "--dataset-dir", str(tiny_siim), "--out", str(out), "--folds", "2", "--seeds", "0", "--jobs", "2",
-        "--arm", "a", "--arm", "b", "learning_rate=0.001", "--publish", str(tmp_path / "p.json"), *TINY,
+        "--arm", "a", "--arm", "b", "learning_rate=0.001", *TINY,
     ]  # fmt: skip
+    args = [*run, "--publish", str(tmp_path / "p.json")]
     assert ablate(args) == 0
     first = capsys.readouterr().out
     assert first.count("trained") == 4 and first.count("evaluated") == 4
@@ -56,6 +58,22 @@ def test_two_arms_on_two_folds_then_a_rerun_trains_nothing(
     with pytest.raises(SystemExit, match=r"datalist.json was built with .* use another --out"):
         ablate([*args, "--labelled-count", "5"])  # the folds on disk are of another labelled subset
 
+    # the same ablation in two sittings, one fold each (--only-folds), merged: the summary of the whole run
+    parts = []
+    for fold in (1, 0):
+        part = tmp_path / f"fold{fold}.json"
+        assert ablate([*run, "--publish", str(part), "--only-folds", str(fold)]) == 0
+        assert capsys.readouterr().out.count(": current, current") == 2  # nothing trained again
+        one = json.loads(part.read_text())
+        assert one["settings"]["only_folds"] == [fold] and {r["fold"] for r in one["per_run"]} == {fold}
+        assert list(one["test_sets"]["seed0"]) == [f"fold{fold}"] and "--only-folds" in one["command"]
+        parts.append(part)
+    merged = tmp_path / "merged.json"
+    assert merge_results([*map(str, parts), "--out", str(merged), "--label", "two sittings"]) == 0
+    merged_results = json.loads(merged.read_text())
+    assert merged_results["summary"] == results["summary"] and merged_results["per_run"] == results["per_run"]
+    assert merged_results["test_sets"] == results["test_sets"] and merged_results["settings"]["only_folds"] is None
+
 
 def test_repeated_arm_names_and_unknown_keys_stop_before_anything_runs(tiny_siim: Path, tmp_path: Path) -> None:
     out = tmp_path / "never"
@@ -70,6 +88,8 @@ def test_repeated_arm_names_and_unknown_keys_stop_before_anything_runs(tiny_siim
         ablate([*common, "--arm", "epochs=2"])
     with pytest.raises(SystemExit, match=r"--folds must be at least 2"):
         ablate([*common, "--folds", "1"])
+    with pytest.raises(SystemExit, match=r"--only-folds 3: not a fold of --folds 3 \(0 to 2\)"):
+        ablate([*common, "--folds", "3", "--only-folds", "0", "3"])
     with pytest.raises(SystemExit, match=r"--bundle nope: no such bundle"):
         ablate([*common, "--bundle", "nope"])
     assert not out.exists()

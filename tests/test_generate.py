@@ -163,3 +163,25 @@ def test_format_keeps_content_and_the_hand_written_style() -> None:
     assert '            {"_target_": "A", "keys": ["image", "label"]},' in lines  # small dict in a list: inline
     assert "            {" in lines  # ... unless it does not fit in 120 columns
     assert max(len(line) for line in lines if "xxx" not in line) <= 120
+
+
+def test_a_published_ablation_of_a_bundle_appears_in_its_readme_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.generate import readme, sources
+
+    settings = {
+        "dataset": "../shared/data/siim_real/labelled", "bundle": "rotation_joint", "folds": 5, "only_folds": [2, 3],
+        "seeds": [0], "labelled_fraction": 1.0, "labelled_count": 54, "scale": "small", "arms": {"fixed": {}},
+        "overrides": {"image_size": 128},
+    }  # fmt: skip
+    table = "| arm | test dice |\n|---|---|\n| fixed | 0.329 ± 0.143 |\n"
+    (tmp_path / "balancing.json").write_text(json.dumps({"kind": "ablation", "settings": settings, "table": table}))
+    (tmp_path / "other.json").write_text(
+        json.dumps({"kind": "ablation", "settings": {**settings, "bundle": "jigsaw_joint"}, "table": "| x |"})
+    )
+    monkeypatch.setattr(sources, "RESULTS_DIR", tmp_path)
+    shown = readme.results_section("rotation_joint")
+    assert "Ablation `scripts/results/balancing.json`" in shown and "| fixed | 0.329 ± 0.143 |" in shown
+    assert "54 labelled images, folds 2, 3 of 5, seeds 0" in shown and "other.json" not in shown
+    assert "Ablation" not in readme.results_section("genesis_joint")

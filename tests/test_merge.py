@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.ablation import summarise as ablation_summarise
+from pipeline.ablation import table as ablation_table
 from pipeline.merge import merge
 from pipeline.paths import publish
 from pipeline.report import in_report_order, summarise
@@ -130,10 +132,10 @@ def test_a_summary_without_per_run_records_says_how_to_republish(tmp_path: Path,
         merge_results([str(legacy), str(fresh), "--out", str(tmp_path / "m.json"), "--label", "m"])
     assert str(stop.value).startswith(f"error: {legacy}: no per-run records")
     assert "run_pipeline.py --publish" in str(stop.value)
-    ablation = part(tmp_path, "abl", runs([3]))
-    ablation.write_text(json.dumps({**json.loads(ablation.read_text()), "kind": "ablation"}))
-    with pytest.raises(ValueError, match=r"kind 'ablation', only run_pipeline\.py summaries"):
-        merge([fresh, ablation], "m", "c")
+    sweep = part(tmp_path, "sweep", runs([3]))
+    sweep.write_text(json.dumps({**json.loads(sweep.read_text()), "kind": "sweep"}))
+    with pytest.raises(ValueError, match=r"kind 'sweep', only run_pipeline\.py \('pipeline'\) and ablate\.py"):
+        merge([fresh, sweep], "m", "c")
     assert not (tmp_path / "m.json").exists()
 
 
@@ -146,3 +148,67 @@ def test_a_part_without_recorded_arithmetic_merges_and_is_named(tmp_path: Path) 
     assert "arithmetic_unrecorded" not in merge(
         [recorded, part(tmp_path, "same", runs([2]), arithmetic=fp32)], "m", "c"
     )
+
+
+def ablation_part(tmp_path: Path, name: str, folds: list[int], seed: int = 0, arms: dict | None = None, **settings):
+    """A summary as ablate.py --only-folds ... --publish writes it (random metrics)."""
+    rng = random.Random(seed * 10 + folds[0])
+    arms = arms or {"fixed": {}, "gradnorm": {"aux_balancing": "gradnorm"}}
+    per_run = [
+        {"arm": arm, "seed": seed, "fold": fold, "best_epoch": 4, "train_time_s": None, "blank": fold == 1,
+         "test": {m: round(rng.random(), 4) for m in ("dice", "dice_positive", "iou")},
+         "val": {m: round(rng.random(), 4) for m in ("dice", "dice_hmean")}}
+        for fold in folds for arm in arms
+    ]  # fmt: skip
+    path = tmp_path / f"{name}.json"
+    publish(path, {
+        "kind": "ablation", "command": f"python scripts/ablate.py --only-folds {folds}",
+        "settings": {"dataset": "../shared/data/siim_real/labelled", "bundle": "rotation_joint", "folds": 5,
+                     "only_folds": folds, "seeds": [seed], "scale": "small", "arms": arms, "wall_time_s": 100,
+                     **settings},
+        "summary": ablation_summarise(per_run, list(arms)), "per_run": per_run,
+        "test_sets": {f"seed{seed}": {f"fold{f}": [f"img{f}"] for f in folds}}, "table": "",
+    })  # fmt: skip
+    return path
+
+
+def test_ablation_sittings_merge_into_the_summary_of_all_their_runs(tmp_path: Path, capsys) -> None:
+    parts = [ablation_part(tmp_path, "f34", [3, 4]), ablation_part(tmp_path, "f012", [0, 1, 2])]
+    parts.append(ablation_part(tmp_path, "seed1", [0, 1, 2, 3, 4], seed=1))
+    out = tmp_path / "merged.json"
+    assert merge_results([*map(str, parts), "--out", str(out), "--label", "all"]) == 0
+    merged = json.loads(out.read_text())
+    every = [r for p in parts for r in json.loads(p.read_text())["per_run"]]
+    assert merged["kind"] == "ablation" and merged["label"] == "all" and len(merged["per_run"]) == 20
+    assert [(r["seed"], r["fold"], r["arm"]) for r in merged["per_run"]] == sorted(
+        (r["seed"], r["fold"], r["arm"]) for r in every
+    )  # seed, fold, then the arms' order (fixed before gradnorm)
+    assert merged["summary"] == ablation_summarise(every, ["fixed", "gradnorm"])
+    fixed = merged["summary"]["fixed"]
+    assert fixed["n"] == 10 and fixed["blank"] == ["seed0/fold1", "seed1/fold1"]
+    settings = merged["settings"]
+    assert settings["only_folds"] is None and settings["seeds"] == [0, 1] and settings["wall_time_s"] == 300
+    assert list(merged["test_sets"]) == ["seed0", "seed1"]
+    assert list(merged["test_sets"]["seed0"]) == ["fold0", "fold1", "fold2", "fold3", "fold4"]
+    assert merged["table"] == ablation_table(merged["summary"]) and merged["table"] in capsys.readouterr().out
+    assert [p["runs"] for p in merged["parts"]] == [4, 6, 10]
+    some = merge([parts[0], ablation_part(tmp_path, "f2", [2])], "m", "c")  # folds 2-4 of 5: say which
+    assert some["settings"]["only_folds"] == [2, 3, 4] and some["summary"]["fixed"]["n"] == 3
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (lambda p: ablation_part(p, "again", [1, 2]), r"again\.json: run seed 0 fold 1 arm 'fixed' is also in .*first"),
+        (lambda p: ablation_part(p, "other", [2], bundle="jigsaw_joint"), r"other\.json: setting 'bundle' is \"jigsaw"),
+        (
+            lambda p: ablation_part(p, "arm", [2], arms={"fixed": {"aux_weight": 1}}),
+            r"arm\.json: arm 'fixed' is \{'aux_weight': 1\}, in .*first\.json it is \{\}: rename one",
+        ),
+        (lambda p: part(p, "pipeline", runs([2])), r"pipeline\.json: parts of kinds \['ablation', 'pipeline'\]"),
+    ],
+)
+def test_ablation_parts_of_other_studies_or_a_run_twice_stop_with_a_message(tmp_path: Path, second, message) -> None:
+    first = ablation_part(tmp_path, "first", [0, 1])
+    with pytest.raises(ValueError, match=message):
+        merge([first, second(tmp_path)], "m", "c")

@@ -14,7 +14,7 @@ from pipeline.generate.configs import HSSL
 from pipeline.generate.distill import DISTILL, SUMMARY
 from pipeline.generate.mean_teacher import MEAN_TEACHER, PAPER, SETTINGS
 from pipeline.generate.mean_teacher import SUMMARY as MEAN_TEACHER_SUMMARY
-from pipeline.generate.sources import GENERATOR, load_published, load_sweep
+from pipeline.generate.sources import GENERATOR, load_published, load_published_files, load_sweep
 from pipeline.generate.variants import Variant
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -89,6 +89,29 @@ def hssl_section(variant: Variant) -> str:
     return template("hssl_data", where=where, name=variant.name) + "\n\n"
 
 
+def ablation_sections(name: str) -> list[str]:
+    """The published ablations of this bundle (``scripts/ablate.py --bundle <name> --publish``), one table each."""
+    sections = []
+    for file, published in load_published_files():
+        settings = published.get("settings", {})
+        if published.get("kind") != "ablation" or settings.get("bundle") != name:
+            continue
+        count, only, folds = settings.get("labelled_count"), settings.get("only_folds"), settings["folds"]
+        sections.append(
+            template(
+                "ablation",
+                file=file,
+                dataset=settings["dataset"],
+                labelled=f"{count} labelled images" if count else f"{settings['labelled_fraction']:.0%} labelled",
+                folds=f"folds {', '.join(map(str, only))} of {folds}" if only else f"{folds} folds",
+                seeds=", ".join(map(str, settings["seeds"])),
+                overrides=json.dumps(settings["overrides"]),
+                table=published["table"].rstrip("\n"),
+            )
+        )
+    return sections
+
+
 def results_section(name: str) -> str:
     """This bundle's published pipeline results (``scripts/results/*.json``), next to the baseline's."""
     published_files = load_published()
@@ -107,6 +130,7 @@ def results_section(name: str) -> str:
             ]
             rows.append(f"| {published['label']} | {row} | {' | '.join(cells)} |")
     parts = [template("results", rows="\n".join(rows)) if rows else template("results_none")]
+    parts += ablation_sections(name)
     if name.startswith(HSSL):
         for published in published_files:
             if published.get("kind") == "hssl_comparison":

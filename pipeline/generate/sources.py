@@ -30,4 +30,9 @@ def load_sweep() -> dict[str, Any]:
 
 def load_published() -> list[dict[str, Any]]:
     """Every published result file, in file-name order."""
-    return [json.loads(f.read_text()) for f in sorted(RESULTS_DIR.glob("*.json"))]
+    return [published for _, published in load_published_files()]
+
+
+def load_published_files() -> list[tuple[str, dict[str, Any]]]:
+    """(file name, content) of every published result file, in file-name order."""
+    return [(f.name, json.loads(f.read_text())) for f in sorted(RESULTS_DIR.glob("*.json"))]
