@@ -185,3 +185,24 @@ def test_a_published_ablation_of_a_bundle_appears_in_its_readme_only(
     assert "Ablation `scripts/results/balancing.json`" in shown and "| fixed | 0.329 ± 0.143 |" in shown
     assert "54 labelled images, folds 2, 3 of 5, seeds 0" in shown and "other.json" not in shown
     assert "Ablation" not in readme.results_section("genesis_joint")
+
+
+def test_a_merged_part_leaves_the_readme_to_its_merge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.generate import readme, sources
+
+    summary = {
+        "baseline": {k: {"mean": 0.1, "std": 0.0} for k in ("test_dice", "test_dice_positive", "test_iou", "val_dice")}
+    }
+    part = {"kind": "pipeline", "label": "folds 3-4", "command": "run_pipeline.py --only-folds 3 4", "summary": summary}
+    (tmp_path / "part.json").write_text(json.dumps(part))
+    (tmp_path / "other.json").write_text(
+        json.dumps({**part, "label": "folds 0-2", "command": "... --only-folds 0 1 2"})
+    )
+    monkeypatch.setattr(sources, "RESULTS_DIR", tmp_path)
+    assert "| folds 3-4 | baseline |" in readme.results_section("baseline")  # not merged yet: shown
+    merged = {**part, "label": "folds 0-4", "command": "merge_results.py ...", "parts": [
+        {"label": "folds 3-4", "command": part["command"], "runs": ["0/fold3", "0/fold4"]}]}  # fmt: skip
+    (tmp_path / "merged.json").write_text(json.dumps(merged))
+    shown = readme.results_section("baseline")
+    assert "| folds 0-4 | baseline |" in shown and "| folds 0-2 | baseline |" in shown
+    assert "folds 3-4" not in shown

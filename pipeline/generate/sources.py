@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from pipeline.paths import BUNDLES, REPO
@@ -34,5 +35,14 @@ def load_published() -> list[dict[str, Any]]:
 
 
 def load_published_files() -> list[tuple[str, dict[str, Any]]]:
-    """(file name, content) of every published result file, in file-name order."""
-    return [(f.name, json.loads(f.read_text())) for f in sorted(RESULTS_DIR.glob("*.json"))]
+    """(file name, content) of every published result file, in file-name order, less the parts that
+    ``scripts/merge_results.py`` merged into another published file (their runs are in the merge)."""
+    files = [(f.name, json.loads(f.read_text())) for f in sorted(RESULTS_DIR.glob("*.json"))]
+    merged = merged_part_commands(content for _, content in files)
+    return [(name, content) for name, content in files if content.get("command") not in merged]
+
+
+def merged_part_commands(published: Iterable[dict[str, Any]]) -> set[str]:
+    """The commands of every part a published merge lists (a sitting's command names its folds, seeds and
+    output file, so it identifies the part)."""
+    return {part["command"] for content in published for part in content.get("parts", []) if part.get("command")}
