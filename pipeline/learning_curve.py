@@ -12,6 +12,7 @@ enough to run at sizes where the whole pipeline is not.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,13 @@ def table(results: Sequence[dict[str, Any]], metric: str = "test_dice_positive")
     return "\n".join(lines)
 
 
+def axis_top(values: Sequence[float], step: float = 0.05) -> float:
+    """The y-axis' upper limit for Dice values: the highest band top plus a tenth, rounded up to ``step``, at
+    most 1 (a panel whose models all score under 0.15 is not drawn flat along the bottom of 0-1)."""
+    highest = max(values, default=1.0) * 1.1
+    return min(1.0, max(step, math.ceil(highest / step - 1e-9) * step))
+
+
 def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
     """One panel per metric of ``METRICS``: mean per family against labelled images, ± std band."""
     import matplotlib
@@ -77,12 +85,14 @@ def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5.2 * len(METRICS), 3.8), squeeze=False)
     for ax, (metric, title) in zip(axes[0], METRICS.items(), strict=True):
+        band_tops = []
         for family, pts in curve_points(results, metric).items():
             n, mean, std = ([p[i] for p in pts] for i in range(3))
             ax.plot(n, mean, marker="o", ms=3, label=family)
             ax.fill_between(n, [m - s for m, s in zip(mean, std, strict=True)],
                             [m + s for m, s in zip(mean, std, strict=True)], alpha=0.15)  # fmt: skip
-        ax.set(xscale="log", xlabel="labelled training images", ylabel=title, ylim=(0, 1))
+            band_tops += [m + s for m, s in zip(mean, std, strict=True)]
+        ax.set(xscale="log", xlabel="labelled training images", ylabel=title, ylim=(0, axis_top(band_tops)))
         sizes = sorted({labelled_count(r) for r in results})
         ax.set_xticks(sizes, [str(n) for n in sizes], minor=False)  # the sizes measured, not powers of ten
         ax.set_xticks([], minor=True)

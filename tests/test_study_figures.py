@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.learning_curve import best_teacher, curve_points, load, plot, table
+from pipeline.learning_curve import axis_top, best_teacher, curve_points, load, plot, table
 from pipeline.per_image import most_different, paired, per_image_dice, plot_scatter
 
 
@@ -40,6 +40,13 @@ def test_learning_curve_families_and_validation_choice(tmp_path: Path) -> None:
     assert "| student (distill) | 0.200 ± 0.050 (5) | 0.300 ± 0.050 (5) |" in text
     plot(results, tmp_path / "lc.png")
     assert (tmp_path / "lc.png").stat().st_size > 1000
+
+
+def test_the_dice_axis_fits_the_bands() -> None:
+    assert axis_top([0.03, 0.12]) == pytest.approx(0.15)  # 0.132 rounded up to the next 0.05
+    assert axis_top([0.5, 0.95]) == 1.0  # never above 1
+    assert axis_top([0.0]) == pytest.approx(0.05)  # an all-blank panel still has an axis
+    assert axis_top([]) == 1.0
 
 
 def test_one_summary_per_size_with_a_count(tmp_path: Path) -> None:
