@@ -18,7 +18,7 @@ from typing import Any
 
 from pipeline.arms import check_arms
 from pipeline.paths import portable, write_results
-from pipeline.report import BLANK_POSITIVE_DICE, stats
+from pipeline.report import BLANK_POSITIVE_DICE, arithmetic_line, collect_arithmetic, stats
 from pipeline.runner import Runner
 from pipeline.setting import RunSetting
 from pipeline.steps import Step, train_and_evaluate
@@ -102,7 +102,8 @@ def _numbers(section: Mapping[str, Any]) -> dict[str, float]:
 
 
 def run_record(seed: int, fold: int, arm: str, step: Step) -> dict[str, Any]:
-    """One run's test and validation metrics, best epoch, training time (when recorded) and blank flag."""
+    """One run's test and validation metrics, best epoch, training time, the precision and torch threads it
+    trained in (when recorded) and its blank flag."""
     metrics = step.metrics
     test = _numbers(metrics.evaluation("test"))
     positive = test.get("dice_positive")
@@ -116,6 +117,7 @@ def run_record(seed: int, fold: int, arm: str, step: Step) -> dict[str, Any]:
         "best_epoch": metrics.validation.get("best_epoch"),
         "train_time_s": training.get("wall_time_s"),
         "blank": positive is not None and positive < BLANK_POSITIVE_DICE,
+        "arithmetic": training.get("arithmetic"),
     }
 
 
@@ -213,10 +215,12 @@ def run_ablation(
             "arms": portable(arms),
             "overrides": setting.preset,
             "wall_time_s": round(time.time() - start),
+            "arithmetic": collect_arithmetic(r["arithmetic"] for r in per_run),
         },
         "summary": summary,
         "per_run": per_run,
         "test_sets": fold_test_ids(setting.out, seeds, ran),
     }
     write_results(setting.out / "ablation.json", results, "ablation", table(summary), publish_to)
+    print(arithmetic_line(results["settings"]["arithmetic"]))
     return 0

@@ -12,8 +12,8 @@ the same overrides), and no run may be in two parts. They must also have trained
 not record it merges, and the merged summary lists it under ``arithmetic_unrecorded``.
 
 Ablations (``scripts/ablate.py --only-folds``, kind ``ablation``) merge alike from their ``per_run`` records:
-every setting but the folds and seeds that ran, the wall time and the arms equal; no (seed, fold, arm) run in
-two parts; the summary and table rebuilt over the union (:func:`merge_ablations`).
+every setting but the folds and seeds that ran, the wall time and the arms equal, and the arithmetic as above;
+no (seed, fold, arm) run in two parts; the summary and table rebuilt over the union (:func:`merge_ablations`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pipeline.report import in_report_order, summarise
 #: settings that may differ between the parts of one study
 PER_SITTING = ("only_folds", "wall_time_s", "student_arms", "arithmetic")
 #: settings that may differ between the parts of one ablation
-ABLATION_PER_SITTING = ("only_folds", "seeds", "wall_time_s", "arms")
+ABLATION_PER_SITTING = ("only_folds", "seeds", "wall_time_s", "arms", "arithmetic")
 #: keyed by run: the parts' entries are joined
 PER_RUN = ("selection", "refused", "test_ids")
 
@@ -218,6 +218,7 @@ def merge_ablations(parts: Sequence[tuple[Path, dict[str, Any]]], label: str, co
     """The ablation summary of the union of the parts' runs: what one ``ablate.py`` run over all their folds,
     seeds and arms would have published (every other setting alike; each (seed, fold, arm) in one part)."""
     check_same_settings(parts, ABLATION_PER_SITTING)
+    arithmetic, unrecorded = merged_arithmetic(parts)
     owner: dict[tuple[int, int, str], Path] = {}
     for path, part in parts:
         for run in part["per_run"]:
@@ -246,8 +247,9 @@ def merge_ablations(parts: Sequence[tuple[Path, dict[str, Any]]], label: str, co
         "seeds": sorted({r["seed"] for r in per_run}),
         "only_folds": None if ran == list(range(first["folds"])) else ran,
         "wall_time_s": sum(part["settings"].get("wall_time_s") or 0 for _, part in parts),
+        "arithmetic": arithmetic,
     }
-    return {
+    merged = {
         **merged_header("ablation", label, command, parts, lambda part: len(part["per_run"])),
         "settings": settings,
         "summary": summary,
@@ -255,3 +257,6 @@ def merge_ablations(parts: Sequence[tuple[Path, dict[str, Any]]], label: str, co
         "test_sets": {seed: dict(sorted(f.items(), key=fold_order)) for seed, f in sorted(test_sets.items())},
         "table": ablation.table(summary),
     }
+    if unrecorded:
+        merged["arithmetic_unrecorded"] = unrecorded
+    return merged

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -364,17 +364,23 @@ def data_lines(seeds: Sequence[dict[str, Any]], settings: dict[str, Any]) -> lis
     return lines
 
 
+def collect_arithmetic(recorded: Iterable[dict[str, Any] | None]) -> dict[str, list] | None:
+    """The distinct precisions and torch thread counts among models' ``arithmetic`` records (each a
+    metrics.json's, or None where a model trained before it was recorded); None when none recorded it."""
+    found: dict[str, set] = {"precision": set(), "torch_threads": set()}
+    for record in recorded:
+        for key, values in found.items():
+            if (record or {}).get(key) is not None:
+                values.add(record[key])
+    return {k: sorted(v) for k, v in found.items()} if any(found.values()) else None
+
+
 def arithmetic_of(seeds: Sequence[dict[str, Any]]) -> dict[str, list] | None:
     """The precisions and torch thread counts the run's models trained in (``arithmetic`` in each
     metrics.json); None when no model recorded them (trained before they were recorded)."""
-    found: dict[str, set] = {"precision": set(), "torch_threads": set()}
-    for run in seeds:
-        for folder in run["models"].values():
-            recorded = _metrics_of(folder).section("training").get("arithmetic") or {}
-            for key, values in found.items():
-                if recorded.get(key) is not None:
-                    values.add(recorded[key])
-    return {k: sorted(v) for k, v in found.items()} if any(found.values()) else None
+    return collect_arithmetic(
+        _metrics_of(folder).section("training").get("arithmetic") for run in seeds for folder in run["models"].values()
+    )
 
 
 def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str, Any]) -> str:

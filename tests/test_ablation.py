@@ -27,7 +27,7 @@ def test_two_arms_on_two_folds_then_a_rerun_trains_nothing(
     args = [*run, "--publish", str(tmp_path / "p.json")]
     assert ablate(args) == 0
     first = capsys.readouterr().out
-    assert first.count("trained") == 4 and first.count("evaluated") == 4
+    assert first.count(": trained,") == 4 and first.count(", evaluated") == 4
     results = json.loads((out / "ablation.json").read_text())
     settings = results["settings"]
     assert settings["bundle"] == "baseline" and settings["folds"] == 2 and settings["seeds"] == [0]
@@ -39,6 +39,9 @@ def test_two_arms_on_two_folds_then_a_rerun_trains_nothing(
         assert summary["blank_runs"] == len(summary["blank"])
     assert sorted((r["arm"], r["fold"]) for r in results["per_run"]) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
     assert all("dice" in r["test"] and "n_images" not in r["test"] for r in results["per_run"])
+    recorded = {json.dumps(r["arithmetic"], sort_keys=True) for r in results["per_run"]}  # what each model trained in
+    assert len(recorded) == 1 and results["per_run"][0]["arithmetic"]["precision"]
+    assert settings["arithmetic"] == {k: [v] for k, v in results["per_run"][0]["arithmetic"].items()}
     tests = results["test_sets"]["seed0"]
     assert not set(tests["fold0"]) & set(tests["fold1"]) and len(tests["fold0"]) + len(tests["fold1"]) == 24
     for fold in (0, 1):
@@ -54,7 +57,7 @@ def test_two_arms_on_two_folds_then_a_rerun_trains_nothing(
 
     assert ablate(args) == 0  # everything current: nothing trained or evaluated again
     second = capsys.readouterr().out
-    assert second.count(": current, current") == 4 and "trained" not in second and "evaluated" not in second
+    assert second.count(": current, current") == 4 and ": trained" not in second and "evaluated" not in second
     with pytest.raises(SystemExit, match=r"datalist.json was built with .* use another --out"):
         ablate([*args, "--labelled-count", "5"])  # the folds on disk are of another labelled subset
 

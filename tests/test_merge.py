@@ -19,6 +19,8 @@ SETTINGS = {
     "dataset_dir": "../shared/data/siim_real/labelled", "labelled_count": 54, "folds": 5, "scale": "small",
     "overrides": {"image_size": 128}, "external": {}, "tasks": ["rotation"], "unlabelled_dirs": ["pool"],
 }  # fmt: skip
+BF16 = {"precision": ["bf16+channels_last"], "torch_threads": [1]}  # an arithmetic record (settings)
+FP32 = {"precision": ["fp32+channels_last"], "torch_threads": [1]}
 ROWS = ("baseline", "rotation_joint", "teacher rotation", "mean_teacher", "student (distill)")
 
 
@@ -194,6 +196,18 @@ def test_ablation_sittings_merge_into_the_summary_of_all_their_runs(tmp_path: Pa
     assert [p["runs"] for p in merged["parts"]] == [4, 6, 10]
     some = merge([parts[0], ablation_part(tmp_path, "f2", [2])], "m", "c")  # folds 2-4 of 5: say which
     assert some["settings"]["only_folds"] == [2, 3, 4] and some["summary"]["fixed"]["n"] == 3
+    assert settings["arithmetic"] is None and merged["arithmetic_unrecorded"] == ["f34.json", "f012.json", "seed1.json"]
+
+
+def test_ablation_parts_in_one_arithmetic_keep_it(tmp_path: Path) -> None:
+    parts = [
+        ablation_part(tmp_path, "f01", [0, 1], arithmetic=BF16),
+        ablation_part(tmp_path, "f2", [2], arithmetic=BF16),
+    ]
+    merged = merge(parts, "m", "c")
+    assert merged["settings"]["arithmetic"] == BF16 and "arithmetic_unrecorded" not in merged
+    older = merge([*parts, ablation_part(tmp_path, "older", [3])], "m", "c")  # recorded before it was: named
+    assert older["settings"]["arithmetic"] == BF16 and older["arithmetic_unrecorded"] == ["older.json"]
 
 
 @pytest.mark.parametrize(
@@ -206,9 +220,13 @@ def test_ablation_sittings_merge_into_the_summary_of_all_their_runs(tmp_path: Pa
             r"arm\.json: arm 'fixed' is \{'aux_weight': 1\}, in .*first\.json it is \{\}: rename one",
         ),
         (lambda p: part(p, "pipeline", runs([2])), r"pipeline\.json: parts of kinds \['ablation', 'pipeline'\]"),
+        (
+            lambda p: ablation_part(p, "bf16", [2], arithmetic=BF16),
+            r"bf16\.json: trained in .*bf16.*, .*first\.json in .*fp32.*: other arithmetic gives other numbers",
+        ),
     ],
 )
 def test_ablation_parts_of_other_studies_or_a_run_twice_stop_with_a_message(tmp_path: Path, second, message) -> None:
-    first = ablation_part(tmp_path, "first", [0, 1])
+    first = ablation_part(tmp_path, "first", [0, 1], arithmetic=FP32)
     with pytest.raises(ValueError, match=message):
         merge([first, second(tmp_path)], "m", "c")
