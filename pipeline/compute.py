@@ -6,11 +6,18 @@ from ``os.wait4``). A run interrupted and resumed has one line per segment; ``su
 run (the datalist tells runs of the same model apart: one per seed and fold, the pool's for pre-training)
 and averages over the runs, per model and stage (the log name's last part: ``pretrain``, ``train``,
 ``tune``, ``test``, ...). Users weigh a bundle by these minutes; the report prints them.
+
+One output folder collects the commands of every sitting (``--only-folds 4`` after folds 0-3), so a summary
+of some runs keeps only theirs: :func:`per_run` names each run by its datalist's folder (``seed0/fold4`` ->
+``0/fold4``; the seed's pool pre-training, ``<store>/seed0/pool.json`` -> ``0``) and :func:`of_runs` keeps
+the published runs and the pre-training of their seeds. Summaries publish these per-run costs, so merging
+parts counts a pre-training that two parts share once (``pipeline.merge``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -58,25 +65,57 @@ def model_and_stage(log_name: str) -> tuple[str, str]:
     return "-".join(parts[1:-1]), parts[-1]
 
 
-def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """``model -> stage -> {cpu_min, wall_min, runs}``: the mean over runs of each run's summed segments."""
-    per_run: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+def run_of(datalist: str) -> str | None:
+    """The run a command belonged to, from its datalist's folder: ``.../seed0/fold2/datalist.json`` ->
+    ``0/fold2`` (the report's run key), ``.../seed0/<file>`` (a run without folds, or the seed's pool
+    pre-training) -> ``0``; None for a folder outside the pipeline's layout."""
+    folder = Path(datalist).parent
+    fold = re.fullmatch(r"fold(\d+)", folder.name)
+    seed = re.fullmatch(r"seed(\d+)", (folder.parent if fold else folder).name)
+    if not seed:
+        return None
+    return f"{seed[1]}/fold{fold[1]}" if fold else seed[1]
+
+
+def per_run(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``{model, stage, run, cpu_s, wall_s}`` per run: the segments of a resumed run summed (runs told apart
+    by their datalist; ``run`` is :func:`run_of` it)."""
+    totals: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
     for r in records:
         model, stage = model_and_stage(r["log"])
-        totals = per_run[(model, stage, r["datalist"])]
-        totals[0] += r["cpu_s"]
-        totals[1] += r["wall_s"]
-    grouped: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
-    for (model, stage, _), totals in per_run.items():
-        grouped[(model, stage)].append(totals)
+        t = totals[(model, stage, r["datalist"])]
+        t[0] += r["cpu_s"]
+        t[1] += r["wall_s"]
+    return [
+        {"model": m, "stage": st, "run": run_of(d), "cpu_s": round(t[0], 2), "wall_s": round(t[1], 2)}
+        for (m, st, d), t in totals.items()
+    ]
+
+
+def of_runs(runs: list[dict[str, Any]], keys: list[str]) -> list[dict[str, Any]]:
+    """The per-run costs of the runs ``keys`` (``0/fold4``) and of their seeds' pool pre-trainings (``0``)."""
+    wanted = set(keys) | {key.split("/")[0] for key in keys}
+    return [r for r in runs if r["run"] in wanted]
+
+
+def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``model -> stage -> {cpu_min, wall_min, runs}``: the mean over the runs of :func:`per_run`."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        grouped[(r["model"], r["stage"])].append(r)
     out: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
-    for (model, stage), runs in sorted(grouped.items()):
+    for (model, stage), group in sorted(grouped.items()):
         out[model][stage] = {
-            "cpu_min": round(sum(t[0] for t in runs) / len(runs) / 60, 2),
-            "wall_min": round(sum(t[1] for t in runs) / len(runs) / 60, 2),
-            "runs": len(runs),
+            "cpu_min": round(sum(r["cpu_s"] for r in group) / len(group) / 60, 2),
+            "wall_min": round(sum(r["wall_s"] for r in group) / len(group) / 60, 2),
+            "runs": len(group),
         }
     return dict(out)
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``model -> stage -> {cpu_min, wall_min, runs}``: the mean over runs of each run's summed segments."""
+    return summarise_runs(per_run(records))
 
 
 def compute_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline import ablation
+from pipeline import ablation, compute
 from pipeline.report import in_report_order, summarise
 
 #: settings that may differ between the parts of one study
@@ -123,8 +123,25 @@ def check_same_study(parts: Sequence[tuple[Path, dict[str, Any]]]) -> None:
             owner[key] = path
 
 
+def merged_compute_runs(parts: Sequence[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The union of the parts' per-run costs (``compute_runs``): a run two parts both recorded (the pool
+    pre-training of their seed) counted once, as the first part measured it; None when a part predates them."""
+    if not all("compute_runs" in part for part in parts):
+        return None
+    union: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for part in parts:
+        for run in part["compute_runs"]:
+            union.setdefault((run["model"], run["stage"], run["run"]), run)
+    return [union[k] for k in sorted(union, key=lambda k: (k[0], k[1], run_order(k[2])))]
+
+
 def merged_compute(parts: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """``model -> stage -> {cpu_min, wall_min, runs}`` over every part: means weighted by their runs."""
+    """``model -> stage -> {cpu_min, wall_min, runs}`` over every part: rebuilt from the union of their
+    per-run costs, or, when a part predates them, the parts' means weighted by their runs (a pre-training two
+    such parts share is then counted in both)."""
+    runs = merged_compute_runs(parts)
+    if runs is not None:
+        return compute.summarise_runs(runs)
     totals: dict[tuple[str, str], list[float]] = {}
     for part in parts:
         for model, stages in (part.get("compute") or {}).items():
@@ -205,6 +222,9 @@ def merge(paths: Sequence[Path], label: str, command: str) -> dict[str, Any]:
         if any(name in part for _, part in parts):
             joined = {k: v for _, part in parts for k, v in (part.get(name) or {}).items()}
             merged[name] = {k: joined[k] for k in sorted(joined, key=run_order)}
+    compute_runs = merged_compute_runs([part for _, part in parts])
+    if compute_runs is not None:
+        merged["compute_runs"] = compute_runs
     merged["compute"] = merged_compute([part for _, part in parts])
     return merged
 

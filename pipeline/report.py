@@ -413,7 +413,9 @@ def write_report(out: Path, seeds: Sequence[dict[str, Any]], settings: dict[str,
     if settings.get("folds"):
         results["test_ids"] = {run_key(r): r.get("test_ids", []) for r in seeds}
     records, unreadable = compute.read(out / "logs")
-    results["compute"] = compute.summarise(records)
+    # the folder's log holds every sitting's commands: the summary keeps its own runs' (and their seeds')
+    results["compute_runs"] = compute.of_runs(compute.per_run(records), keys)
+    results["compute"] = compute.summarise_runs(results["compute_runs"])
     atomic_write_json(out / "results.json", results)
     ext = f"; then Dice and positive-only Dice on the external test set(s) {', '.join(external)}" if external else ""
     lines = [

@@ -35,6 +35,28 @@ def test_resumed_segments_add_up_and_runs_average(tmp_path: Path) -> None:
     assert "| distill | - | - | 0.2 (0.1) |" in table
 
 
+def test_a_summary_of_some_runs_keeps_theirs_and_their_seeds_pretraining(tmp_path: Path) -> None:
+    """One output folder logs every sitting: fold 4's summary must not count folds 0-3 or another seed."""
+    for seed in (0, 1):
+        compute.record(tmp_path, f"seed{seed}-rotation_pretrain-pretrain", f"store/seed{seed}/pool.json", 60.0, 120.0)
+        for fold in range(5):
+            datalist = f"runs/n16/seed{seed}/fold{fold}/datalist.json"
+            compute.record(tmp_path, f"fold{fold}-baseline-train", datalist, 60.0, 60.0 * (fold + 1))
+    compute.record(tmp_path, "fold0-baseline-train", "elsewhere/f0.json", 1.0, 1.0)  # not the pipeline's layout
+    runs = compute.per_run(compute.read(tmp_path)[0])
+    assert len(runs) == 13 and {r["run"] for r in runs if r["model"] == "baseline"} == {
+        None,
+        *(f"{s}/fold{f}" for s in (0, 1) for f in range(5)),
+    }
+    fold4 = compute.of_runs(runs, ["0/fold4"])
+    assert sorted(r["run"] for r in fold4) == ["0", "0/fold4"]
+    summary = compute.summarise_runs(fold4)
+    assert summary["baseline"]["train"] == {"cpu_min": 5.0, "wall_min": 1.0, "runs": 1}
+    assert summary["rotation_pretrain"]["pretrain"] == {"cpu_min": 2.0, "wall_min": 1.0, "runs": 1}
+    assert compute.summarise_runs(compute.of_runs(runs, ["0/fold0", "0/fold1"]))["baseline"]["train"]["runs"] == 2
+    assert compute.run_of("runs/n8/seed3/datalist.json") == "3"  # a run without folds
+
+
 def test_a_line_cut_by_a_kill_is_counted_not_fatal(tmp_path: Path) -> None:
     compute.record(tmp_path, "fold0-baseline-train", "f0.json", 1.0, 2.0)
     with open(tmp_path / compute.COMPUTE_FILE, "a") as f:

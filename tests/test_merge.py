@@ -89,6 +89,30 @@ def test_cli_publishes_the_merge_and_accumulates_later_sittings(tmp_path: Path, 
     assert list(json.loads(out.read_text())["per_seed"]) == ["0/fold0", "0/fold1", "0/fold2"]
 
 
+def test_a_pretraining_two_parts_share_is_counted_once(tmp_path: Path) -> None:
+    """Fold 4 published after folds 0-3: both parts carry the seed's pool pre-training (run ``0``)."""
+
+    def costs(folds: list[int]) -> list[dict]:
+        pool = {"model": "rotation_pretrain", "stage": "pretrain", "run": "0", "cpu_s": 600.0, "wall_s": 300.0}
+        trained = [
+            {"model": "baseline", "stage": "train", "run": f"0/fold{f}", "cpu_s": 60.0 * (f + 1), "wall_s": 60.0}
+            for f in folds
+        ]
+        return [pool, *trained]
+
+    paths = []
+    for name, folds in (("folds0123", [0, 1, 2, 3]), ("fold4", [4])):
+        path = part(tmp_path, name, runs(folds))
+        path.write_text(json.dumps({**json.loads(path.read_text()), "compute_runs": costs(folds)}))
+        paths.append(path)
+    merged = merge(paths, "m", "c")
+    assert merged["compute"]["rotation_pretrain"]["pretrain"] == {"cpu_min": 10.0, "wall_min": 5.0, "runs": 1}
+    assert merged["compute"]["baseline"]["train"] == {"cpu_min": 3.0, "wall_min": 1.0, "runs": 5}  # (1+..+5)/5
+    assert [r["run"] for r in merged["compute_runs"] if r["model"] == "baseline"] == [f"0/fold{f}" for f in range(5)]
+    older = part(tmp_path, "older", runs([4]))  # published before per-run costs: the weighted means, as before
+    assert "compute_runs" not in merge([paths[0], older], "m", "c")
+
+
 def test_student_arms_are_united_and_a_fold_only_one_part_has_counts_once(tmp_path: Path) -> None:
     grid = runs([0])
     grid["0/fold0"]["student (distill, t2)"] = record(random.Random(1), "student")

@@ -95,6 +95,18 @@ def test_pool_pretraining_is_reused_across_labelled_sizes_and_folds(
     assert sorted(tested) == sorted(set(tested)) and len(tested) == 24  # every image tested once
     for row in ("baseline", "teacher ensemble", "student (distill)"):
         assert results["summary"][row]["external_site_dice"]["n"] == 2
+    assert results["compute"]["baseline"]["train"]["runs"] == 2
+    assert results["compute"]["rotation_pretrain"]["pretrain"]["runs"] == 1  # once per seed
+    # a summary of fold 1 alone (as a later sitting publishes it): its own runs' cost and its seed's
+    # pre-training, not fold 0's, though the folder's log holds both
+    assert run_pipeline([*args, "--external-test", f"site={external}", "--only-folds", "1", "--no-retrain"]) == 0
+    capsys.readouterr()
+    alone = json.loads((first / "results.json").read_text())
+    assert {r["run"] for r in alone["compute_runs"]} == {"0", "0/fold1"}
+    assert alone["compute"]["baseline"]["train"]["runs"] == 1
+    assert alone["compute"]["rotation_pretrain"]["pretrain"]["runs"] == 1
+    assert run_pipeline([*args, "--external-test", f"site={external}", "--no-retrain"]) == 0  # both folds again
+    capsys.readouterr()
     report = (first / "report.md").read_text()
     assert "site dice (positive)" in report and "Unlabelled pool" in report and "4 labelled training images" in report
 
