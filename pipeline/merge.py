@@ -9,7 +9,9 @@ one run over all those folds would have reported them. Parts must share every se
 ran (``only_folds``), the wall time and the student arms (the union is kept; an arm of the same name must mean
 the same overrides), and no run may be in two parts. They must also have trained in the same arithmetic
 (precision and torch threads: ``amp auto`` is bf16 on one CPU and fp32 on another); a part whose models did
-not record it merges, and the merged summary lists it under ``arithmetic_unrecorded``.
+not record it merges, and the merged summary lists it under ``arithmetic_unrecorded``. The processors the parts
+trained on are joined (a run repeats to the last digit only on the same one; ``processor_unrecorded`` names
+the parts trained before it was recorded).
 
 Ablations (``scripts/ablate.py --only-folds``, kind ``ablation``) merge alike from their ``per_run`` records:
 every setting but the folds and seeds that ran, the wall time and the arms equal, and the arithmetic as above;
@@ -79,22 +81,42 @@ def merged_arms(
     return arms or None
 
 
-def merged_arithmetic(parts: Sequence[tuple[Path, dict[str, Any]]]) -> tuple[dict[str, Any] | None, list[str]]:
-    """The parts' common arithmetic (None if none recorded it) and the parts that did not record it."""
+#: what the parts of one study must share (the processor may differ: see ``merged_arithmetic``)
+SAME_ARITHMETIC = ("precision", "torch_threads")
+
+
+def merged_arithmetic(parts: Sequence[tuple[Path, dict[str, Any]]]) -> tuple[dict[str, Any] | None, dict[str, list]]:
+    """The parts' common arithmetic (None if none recorded it) and the notes of what some did not record.
+
+    Precision and torch threads must be alike. The processors (and their instruction sets) are joined: parts
+    on two CPU generations are still one study of disjoint runs, but a run repeats to the last digit only on
+    the same processor; the merged record lists every processor, and ``processor_unrecorded`` the parts
+    whose models trained before it was recorded (``arithmetic_unrecorded``: before any of it was)."""
     known: tuple[Path, dict[str, Any]] | None = None
-    unrecorded = []
+    notes: dict[str, list] = {"arithmetic_unrecorded": [], "processor_unrecorded": []}
+    joined: dict[str, set] = {"processor": set(), "isa": set()}
     for path, part in parts:
         arithmetic = part["settings"].get("arithmetic")
+        name = str(part.get("label") or path.name)
         if not arithmetic:
-            unrecorded.append(str(part.get("label") or path.name))
-        elif known is None:
-            known = (path, arithmetic)
-        elif arithmetic != known[1]:
+            notes["arithmetic_unrecorded"].append(name)
+            continue
+        same = {k: arithmetic.get(k) for k in SAME_ARITHMETIC}
+        if known is None:
+            known = (path, same)
+        elif same != known[1]:
             raise MergeError(
-                f"{path}: trained in {json.dumps(arithmetic)}, {known[0]} in {json.dumps(known[1])}: "
+                f"{path}: trained in {json.dumps(same)}, {known[0]} in {json.dumps(known[1])}: "
                 "other arithmetic gives other numbers, not one study (set amp/amp_dtype and the threads alike)"
             )
-    return (known[1] if known else None), unrecorded
+        if not arithmetic.get("processor"):
+            notes["processor_unrecorded"].append(name)
+        for key, values in joined.items():
+            values.update(arithmetic.get(key) or [])
+    notes = {k: v for k, v in notes.items() if v}
+    if known is None:
+        return None, notes
+    return {**known[1], **{k: sorted(v) for k, v in joined.items() if v}}, notes
 
 
 def check_same_settings(parts: Sequence[tuple[Path, dict[str, Any]]], per_sitting: Sequence[str]) -> None:
@@ -201,7 +223,7 @@ def merge(paths: Sequence[Path], label: str, command: str) -> dict[str, Any]:
             rows.setdefault(row, {})[key] = record
     first = parts[0][1]["settings"]
     external = list(first.get("external") or {})
-    arithmetic, unrecorded = merged_arithmetic(parts)
+    arithmetic, arithmetic_notes = merged_arithmetic(parts)
     ran = sorted({run_order(k)[1] for k in per_seed} - {-1})
     settings = {
         **first,
@@ -216,8 +238,7 @@ def merge(paths: Sequence[Path], label: str, command: str) -> dict[str, Any]:
         "summary": summarise(in_report_order(rows), external),
         "per_seed": per_seed,
     }
-    if unrecorded:
-        merged["arithmetic_unrecorded"] = unrecorded
+    merged.update(arithmetic_notes)
     for name in PER_RUN:
         if any(name in part for _, part in parts):
             joined = {k: v for _, part in parts for k, v in (part.get(name) or {}).items()}
@@ -238,7 +259,7 @@ def merge_ablations(parts: Sequence[tuple[Path, dict[str, Any]]], label: str, co
     """The ablation summary of the union of the parts' runs: what one ``ablate.py`` run over all their folds,
     seeds and arms would have published (every other setting alike; each (seed, fold, arm) in one part)."""
     check_same_settings(parts, ABLATION_PER_SITTING)
-    arithmetic, unrecorded = merged_arithmetic(parts)
+    arithmetic, arithmetic_notes = merged_arithmetic(parts)
     owner: dict[tuple[int, int, str], Path] = {}
     for path, part in parts:
         for run in part["per_run"]:
@@ -277,6 +298,5 @@ def merge_ablations(parts: Sequence[tuple[Path, dict[str, Any]]], label: str, co
         "test_sets": {seed: dict(sorted(f.items(), key=fold_order)) for seed, f in sorted(test_sets.items())},
         "table": ablation.table(summary),
     }
-    if unrecorded:
-        merged["arithmetic_unrecorded"] = unrecorded
+    merged.update(arithmetic_notes)
     return merged

@@ -126,12 +126,17 @@ def summarise(rows: dict[str, dict[str, dict[str, Any]]], external: Sequence[str
 
 
 def arithmetic_line(arithmetic: dict[str, list] | None) -> str:
-    """``trained in fp32+channels_last, 1 torch thread(s)``, or that the models did not record it."""
+    """``trained in fp32+channels_last, 1 torch thread(s) on <processor> (<isa>)``, or that the models did
+    not record it (the processor is left out where they trained before it was recorded)."""
     if not arithmetic:
         return "precision and threads not recorded"
     precision = " / ".join(arithmetic["precision"]) or "?"
     threads = " / ".join(str(t) for t in arithmetic["torch_threads"]) or "?"
-    return f"trained in {precision}, {threads} torch thread(s)"
+    line = f"trained in {precision}, {threads} torch thread(s)"
+    if arithmetic.get("processor"):
+        isa = " / ".join(arithmetic.get("isa") or [])
+        line += f" on {' / '.join(arithmetic['processor'])}" + (f" ({isa})" if isa else "")
+    return line
 
 
 def _fmt(stat: dict[str, Any]) -> str:
@@ -364,15 +369,20 @@ def data_lines(seeds: Sequence[dict[str, Any]], settings: dict[str, Any]) -> lis
     return lines
 
 
+#: what a model's ``arithmetic`` record holds (metrics.json, ``common.training.handlers.arithmetic``)
+ARITHMETIC_KEYS = ("precision", "torch_threads", "processor", "isa")
+
+
 def collect_arithmetic(recorded: Iterable[dict[str, Any] | None]) -> dict[str, list] | None:
-    """The distinct precisions and torch thread counts among models' ``arithmetic`` records (each a
-    metrics.json's, or None where a model trained before it was recorded); None when none recorded it."""
-    found: dict[str, set] = {"precision": set(), "torch_threads": set()}
+    """The distinct precisions, torch thread counts, processors and instruction sets among models'
+    ``arithmetic`` records (each a metrics.json's, or None where a model trained before it was recorded; a
+    key no model recorded is left out); None when none recorded any."""
+    found: dict[str, set] = {key: set() for key in ARITHMETIC_KEYS}
     for record in recorded:
         for key, values in found.items():
             if (record or {}).get(key) is not None:
                 values.add(record[key])
-    return {k: sorted(v) for k, v in found.items()} if any(found.values()) else None
+    return {k: sorted(v) for k, v in found.items() if v} or None
 
 
 def arithmetic_of(seeds: Sequence[dict[str, Any]]) -> dict[str, list] | None:

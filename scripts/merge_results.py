@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.merge import MergeError, merge
 from pipeline.paths import portable_command, publish
-from pipeline.report import results_table
+from pipeline.report import arithmetic_line, results_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     except MergeError as e:
         raise SystemExit(f"error: {e}") from None
     publish(args.out, merged)
+    print(arithmetic_line(merged["settings"]["arithmetic"]))
+    for note in ("arithmetic_unrecorded", "processor_unrecorded"):
+        if merged.get(note):
+            print(f"{note.replace('_', ' ')}: {', '.join(merged[note])}")
     if merged["kind"] == "ablation":
         print(merged["table"])
         print(f"wrote {args.out}: {len(merged['per_run'])} runs of {len(merged['settings']['arms'])} arms")

@@ -10,6 +10,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
 from common.training.handlers import EvaluationMetricsWriter, TrainingMetricsWriter
+from common.training.precision import processor
 from common.utils.metrics import read_metrics_file
 
 
@@ -42,7 +43,8 @@ def test_status_life_cycle_and_nan(tmp_path: Path) -> None:
         "epochs_trained": 1,
         "max_epochs": 1,
         "key_metric": "dice",
-        "arithmetic": {"precision": "fp32", "torch_threads": torch.get_num_threads()},  # a plain ignite engine
+        # a plain ignite engine: fp32, on this machine's CPU
+        "arithmetic": {"precision": "fp32", "torch_threads": torch.get_num_threads(), **processor("cpu")},
         "seed": 3,
     }
     assert final["validation"]["dice"] == 0.4 and final["validation"]["dice_positive"] is None

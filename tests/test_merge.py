@@ -176,6 +176,30 @@ def test_a_part_without_recorded_arithmetic_merges_and_is_named(tmp_path: Path) 
     )
 
 
+def test_parts_on_two_processors_merge_and_list_both(tmp_path: Path, capsys) -> None:
+    """Same precision and threads on two CPU generations: one study of disjoint runs, both processors named
+    (a run repeats to the last digit only on the same one); a part recorded before the processor was, named."""
+    cpu = {**BF16, "processor": ["Xeon (family 6, model 143)"], "isa": ["avx2 avx512f avx512_bf16 amx_bf16"]}
+    other = {**BF16, "processor": ["Xeon (family 6, model 106)"], "isa": ["avx2 avx512f"]}
+    a, b = part(tmp_path, "a", runs([0]), arithmetic=cpu), part(tmp_path, "b", runs([1]), arithmetic=other)
+    older = part(tmp_path, "older", runs([2]), arithmetic=BF16)
+    out = tmp_path / "m.json"
+    assert merge_results([str(a), str(b), str(older), "--out", str(out), "--label", "m"]) == 0
+    merged = json.loads(out.read_text())
+    assert merged["settings"]["arithmetic"] == {
+        **BF16,
+        "processor": ["Xeon (family 6, model 106)", "Xeon (family 6, model 143)"],
+        "isa": ["avx2 avx512f", "avx2 avx512f avx512_bf16 amx_bf16"],
+    }
+    assert merged["processor_unrecorded"] == ["older"] and "arithmetic_unrecorded" not in merged
+    printed = capsys.readouterr().out
+    assert "1 torch thread(s) on Xeon (family 6, model 106) / Xeon (family 6, model 143) (avx2 avx512f / " in printed
+    assert "processor unrecorded: older" in printed
+    fp32 = part(tmp_path, "fp32", runs([3]), arithmetic={**FP32, "processor": cpu["processor"]})
+    with pytest.raises(ValueError, match=r"fp32\.json: trained in .*fp32.*, .*a\.json in .*bf16"):
+        merge([a, fp32], "m", "c")  # the processor alike does not make another precision one study
+
+
 def ablation_part(tmp_path: Path, name: str, folds: list[int], seed: int = 0, arms: dict | None = None, **settings):
     """A summary as ablate.py --only-folds ... --publish writes it (random metrics)."""
     rng = random.Random(seed * 10 + folds[0])

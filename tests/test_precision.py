@@ -35,6 +35,34 @@ def test_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_precision("cpu", True, "float16", False) == Precision("cpu", torch.float16, False)
 
 
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+stepping\t: 8
+flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+
+processor\t: 1
+model name\t: another core
+flags\t\t: fpu
+"""
+
+
+def test_the_processor_names_its_generation_and_kernel_instruction_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What metrics.json records beside precision and threads: two CPU generations' bf16 runs differ."""
+    monkeypatch.setattr(precision_module, "_cpuinfo", lambda: CPUINFO)
+    assert precision_module.processor("cpu") == {
+        "processor": "Intel(R) Xeon(R) Platinum 8480+ (family 6, model 143, stepping 8)",  # the first core's
+        "isa": "avx2 avx512f avx512_bf16 amx_tile amx_bf16",  # only the kernel-deciding flags, in a fixed order
+    }
+    assert precision_module.cpu_has_native_bf16()
+    monkeypatch.setattr(precision_module, "_cpuinfo", lambda: "")  # not Linux: what the platform says
+    monkeypatch.setattr(precision_module.platform, "processor", lambda: "arm")
+    assert precision_module.processor("cpu") == {"processor": "arm", "isa": ""}
+    assert not precision_module.cpu_has_native_bf16()
+
+
 def test_only_cuda_fp16_scales_gradients() -> None:
     assert Precision("cpu", torch.bfloat16).grad_scaler() is None
     assert Precision("cpu", torch.float16).grad_scaler() is None

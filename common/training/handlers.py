@@ -16,6 +16,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import CheckpointSaver
 
+from common.training.precision import processor
 from common.utils.bundle import running_config, running_settings
 from common.utils.io import file_sha256
 from common.utils.metrics import MODEL_SETTINGS, read_metrics_file, update_metrics_file
@@ -41,11 +42,14 @@ def _n_images(engine: Engine) -> int | None:
 
 def arithmetic(engine: Engine) -> dict[str, Any]:
     """What the numbers were computed in: the trainer's precision (``amp: auto`` picks bf16 on one CPU and
-    fp32 on another) and torch's CPU threads (their count changes float reductions): runs that differ here
-    differ in their numbers, seed and code alike."""
+    fp32 on another), torch's CPU threads (their count changes float reductions) and the processor with the
+    instruction sets its kernels use (bf16 kernels round differently on another CPU generation): runs that
+    differ here differ in their numbers, seed and code alike."""
     precision = getattr(engine, "precision", None)
     name = precision.name if precision is not None else ("amp" if getattr(engine, "amp", False) else "fp32")
-    return {"precision": name, "torch_threads": torch.get_num_threads()}
+    device = precision.device_type if precision is not None else getattr(engine, "device", None) or "cpu"
+    device_type = torch.device(device).type
+    return {"precision": name, "torch_threads": torch.get_num_threads(), **processor(device_type)}
 
 
 class TrainingMetricsWriter:

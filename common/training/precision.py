@@ -18,6 +18,7 @@ measured fastest without a loss of validation Dice (README, "Speed"). ``common.t
 from __future__ import annotations
 
 import contextlib
+import platform
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,18 +30,50 @@ AUTO = "auto"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 #: the CPU flags of native bf16 arithmetic (AVX-512 BF16, AMX): without them bf16 autocast is emulated and slower
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+#: the CPU flags that decide which oneDNN kernels run, so how float sums round: two CPUs that differ here can
+#: give other numbers for the same seed, code, precision and threads (bf16 above all)
+KERNEL_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def _cpuinfo() -> str:
+    """Linux's ``/proc/cpuinfo`` ("" where it is not readable)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty where that is not readable)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
+    for line in _cpuinfo().splitlines():
         if line.startswith("flags"):
             return set(line.split(":", 1)[1].split())
     return set()
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name with its family, model and stepping numbers (``/proc/cpuinfo``: a virtual
+    machine's name is often generic, the numbers still tell generations apart), else ``platform.processor()``;
+    None when neither says."""
+    fields: dict[str, str] = {}
+    for line in _cpuinfo().splitlines():
+        key, _, value = line.partition(":")
+        if not key.strip():
+            break  # the first processor's block ends
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.processor() or None
+    numbers = [f"{k.removeprefix('cpu ')} {fields[k]}" for k in ("cpu family", "model", "stepping") if k in fields]
+    return f"{name} ({', '.join(numbers)})" if name and numbers else name
+
+
+def processor(device_type: str = "cpu") -> dict[str, str | None]:
+    """The processor that computes on ``device_type``: its name and the instruction sets its kernels use
+    (on a CPU the ``KERNEL_CPU_FLAGS`` it has, space-separated; on CUDA the compute capability ``sm_90``)."""
+    if device_type == "cuda" and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return {"processor": torch.cuda.get_device_name(), "isa": f"sm_{major}{minor}"}
+    flags = cpu_flags()
+    return {"processor": cpu_model(), "isa": " ".join(f for f in KERNEL_CPU_FLAGS if f in flags)}
 
 
 def cpu_has_native_bf16() -> bool:
