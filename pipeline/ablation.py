@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pipeline import compute
 from pipeline.arms import check_arms
 from pipeline.paths import portable, write_results
 from pipeline.report import BLANK_POSITIVE_DICE, arithmetic_line, collect_arithmetic, stats
@@ -101,9 +102,10 @@ def _numbers(section: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def run_record(seed: int, fold: int, arm: str, step: Step) -> dict[str, Any]:
-    """One run's test and validation metrics, best epoch, training time, the precision and torch threads it
-    trained in (when recorded) and its blank flag."""
+def run_record(seed: int, fold: int, arm: str, step: Step, cost: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One run's test and validation metrics, best epoch, what its training cost (``cost``: CPU and wall
+    seconds of its train command, resumed segments summed; None where the run folder's log lacks it), the
+    arithmetic it trained in (when recorded) and its blank flag."""
     metrics = step.metrics
     test = _numbers(metrics.evaluation("test"))
     positive = test.get("dice_positive")
@@ -115,7 +117,8 @@ def run_record(seed: int, fold: int, arm: str, step: Step) -> dict[str, Any]:
         "test": test,
         "val": _numbers(metrics.validation),
         "best_epoch": metrics.validation.get("best_epoch"),
-        "train_time_s": training.get("wall_time_s"),
+        "train_cpu_s": (cost or {}).get("cpu_s"),
+        "train_wall_s": (cost or {}).get("wall_s"),
         "blank": positive is not None and positive < BLANK_POSITIVE_DICE,
         "arithmetic": training.get("arithmetic"),
     }
@@ -136,7 +139,8 @@ def summarise(per_run: Sequence[dict[str, Any]], arms: Sequence[str]) -> dict[st
             names = _ordered({m for r in runs for m in r[part]})
             entry.update({f"{part}_{m}": stats([r[part].get(m) for r in runs]) for m in names})
         blank = [f"seed{r['seed']}/fold{r['fold']}" for r in runs if r["blank"]]
-        summary[arm] = {**entry, "blank_runs": len(blank), "blank": blank, "n": len(runs)}
+        cpu_min = stats([r["train_cpu_s"] / 60 if r.get("train_cpu_s") is not None else None for r in runs])
+        summary[arm] = {**entry, "blank_runs": len(blank), "blank": blank, "n": len(runs), "train_cpu_min": cpu_min}
     return summary
 
 
@@ -156,6 +160,15 @@ def table(summary: Mapping[str, dict[str, Any]]) -> str:
         cells += [f"{s['blank_runs']}/{s['n']}", *(_cell(s.get(f"val_{m}")) for m in val)]
         lines.append(f"| {arm} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def cost_line(summary: Mapping[str, dict[str, Any]]) -> str:
+    """``training CPU minutes a run: px128 1.3, px256 3.2`` (``-`` for an arm whose runs' costs were not logged)."""
+    cells = []
+    for arm, s in summary.items():
+        stat = s.get("train_cpu_min") or {}
+        cells.append(f"{arm} {stat['mean']:.1f}" if stat.get("mean") is not None else f"{arm} -")
+    return "training CPU minutes a run: " + ", ".join(cells)
 
 
 def fold_test_ids(out: Path, seeds: Sequence[int], folds: Sequence[int]) -> dict[str, dict[str, list[str]]]:
@@ -198,7 +211,10 @@ def run_ablation(
     runs = ablation_steps(setting, bundle, arms, seeds, folds, labelled_fraction, labelled_count, only_folds)
     runner.run_all({f"[seed {s} fold {k}] {arm}": partial(train_and_evaluate, runner, step, force)
                     for s, k, arm, step in runs})  # fmt: skip
-    per_run = [run_record(s, k, arm, step) for s, k, arm, step in runs]
+    records, _ = compute.read(setting.out / "logs")
+    # a run's log is <fold>-seed<s>-<arm>-train (the step's name), its datalist the fold's: compute's run key
+    costs = {(r["model"], r["run"]): r for r in compute.per_run(records) if r["stage"] == "train"}
+    per_run = [run_record(s, k, arm, step, costs.get((f"seed{s}-{arm}", f"{s}/fold{k}"))) for s, k, arm, step in runs]
     summary = summarise(per_run, list(arms))
     ran = ran_folds(folds, only_folds)
     results = {
@@ -223,4 +239,5 @@ def run_ablation(
     }
     write_results(setting.out / "ablation.json", results, "ablation", table(summary), publish_to)
     print(arithmetic_line(results["settings"]["arithmetic"]))
+    print(cost_line(summary))
     return 0

@@ -39,6 +39,10 @@ def test_two_arms_on_two_folds_then_a_rerun_trains_nothing(
         assert summary["blank_runs"] == len(summary["blank"])
     assert sorted((r["arm"], r["fold"]) for r in results["per_run"]) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
     assert all("dice" in r["test"] and "n_images" not in r["test"] for r in results["per_run"])
+    # what each run's training cost, from the run folder's logs/compute.jsonl (never a dead field)
+    assert all(r["train_cpu_s"] > 0 and r["train_wall_s"] > 0 for r in results["per_run"])
+    assert results["summary"]["a"]["train_cpu_min"]["n"] == 2
+    assert "training CPU minutes a run: a " in first
     recorded = {json.dumps(r["arithmetic"], sort_keys=True) for r in results["per_run"]}  # what each model trained in
     assert len(recorded) == 1 and results["per_run"][0]["arithmetic"]["precision"]
     assert settings["arithmetic"] == {k: [v] for k, v in results["per_run"][0]["arithmetic"].items()}

@@ -205,7 +205,7 @@ def ablation_part(tmp_path: Path, name: str, folds: list[int], seed: int = 0, ar
     rng = random.Random(seed * 10 + folds[0])
     arms = arms or {"fixed": {}, "gradnorm": {"aux_balancing": "gradnorm"}}
     per_run = [
-        {"arm": arm, "seed": seed, "fold": fold, "best_epoch": 4, "train_time_s": None, "blank": fold == 1,
+        {"arm": arm, "seed": seed, "fold": fold, "best_epoch": 4, "train_cpu_s": 60.0 * (fold + 1), "blank": fold == 1,
          "test": {m: round(rng.random(), 4) for m in ("dice", "dice_positive", "iou")},
          "val": {m: round(rng.random(), 4) for m in ("dice", "dice_hmean")}}
         for fold in folds for arm in arms
@@ -236,6 +236,7 @@ def test_ablation_sittings_merge_into_the_summary_of_all_their_runs(tmp_path: Pa
     assert merged["summary"] == ablation_summarise(every, ["fixed", "gradnorm"])
     fixed = merged["summary"]["fixed"]
     assert fixed["n"] == 10 and fixed["blank"] == ["seed0/fold1", "seed1/fold1"]
+    assert fixed["train_cpu_min"] == {"mean": 3.0, "std": 1.4907, "n": 10}  # folds 0-4 cost 1-5 minutes, each seed
     settings = merged["settings"]
     assert settings["only_folds"] is None and settings["seeds"] == [0, 1] and settings["wall_time_s"] == 300
     assert list(merged["test_sets"]) == ["seed0", "seed1"]
