@@ -7,7 +7,9 @@ and a model in it (a pipeline row such as ``rotation_joint`` or ``student (disti
 as ``px256``). Several sources on one side join their runs (seed 0 from one file, seed 1 from another); a run
 given twice on one side is an error. Runs on one side only are not paired and are listed, never dropped
 silently. The numbers are the mean of ``a - b``, its standard error (sample std / sqrt(n)) and how many runs
-``a`` leads. ``scripts/paired.py`` is the front end.
+``a`` leads. With two more sides ``c`` and ``d``, the difference of differences ``(a - b) - (c - d)`` run by run
+(e.g. what 256 px adds to the student beyond what it adds to the baseline) over the runs all four share.
+``scripts/paired.py`` is the front end.
 """
 
 from __future__ import annotations
@@ -86,20 +88,19 @@ def metric_of(record: dict[str, Any], split: str, metric: str, source: str, key:
     return float(value)
 
 
-def paired(
-    a: dict[RunKey, dict[str, Any]], b: dict[RunKey, dict[str, Any]], split: str, metric: str, names: tuple[str, str]
-) -> dict[str, Any]:
-    """``a - b`` in ``split`` ``metric`` over the runs both sides have: per run, mean, standard error, leads."""
+def compared(a: dict[RunKey, float], b: dict[RunKey, float], label: str, names: tuple[str, str]) -> dict[str, Any]:
+    """``a - b`` of two per-run values over the runs both have: per run, both means, the mean difference, its
+    standard error and how many runs ``a`` leads; ``label`` names the metric."""
     keys = sorted(set(a) & set(b))
     if not keys:
         raise PairingError(f"{names[0]} and {names[1]} share no run (seed, fold): nothing to pair")
-    diffs = [metric_of(a[k], split, metric, names[0], k) - metric_of(b[k], split, metric, names[1], k) for k in keys]
+    diffs = [a[k] - b[k] for k in keys]
     n = len(diffs)
     return {
-        "metric": f"{split} {metric}",
+        "metric": label,
         "n": n,
-        "a_mean": statistics.fmean(metric_of(a[k], split, metric, names[0], k) for k in keys),
-        "b_mean": statistics.fmean(metric_of(b[k], split, metric, names[1], k) for k in keys),
+        "a_mean": statistics.fmean(a[k] for k in keys),
+        "b_mean": statistics.fmean(b[k] for k in keys),
         "mean": statistics.fmean(diffs),
         "se": statistics.stdev(diffs) / n**0.5 if n > 1 else None,
         "ahead": sum(d > 0 for d in diffs),
@@ -107,15 +108,49 @@ def paired(
     }
 
 
-def unpaired(a: dict[RunKey, Any], b: dict[RunKey, Any]) -> tuple[list[RunKey], list[RunKey]]:
-    """The runs only ``a`` has and those only ``b`` has."""
-    return sorted(set(a) - set(b)), sorted(set(b) - set(a))
+def values(runs: dict[RunKey, dict[str, Any]], split: str, metric: str, name: str) -> dict[RunKey, float]:
+    """Each run's ``split`` ``metric`` of one side."""
+    return {k: metric_of(record, split, metric, name, k) for k, record in runs.items()}
 
 
-def line(result: dict[str, Any]) -> str:
-    """``val dice_hmean: a 0.250, b 0.198, a - b +0.052 (se 0.012), a ahead in 5 of 5``."""
+def paired(
+    a: dict[RunKey, dict[str, Any]], b: dict[RunKey, dict[str, Any]], split: str, metric: str, names: tuple[str, str]
+) -> dict[str, Any]:
+    """``a - b`` in ``split`` ``metric`` over the runs both sides have: per run, mean, standard error, leads."""
+    keys = sorted(set(a) & set(b))  # in run order; a metric missing from a run nobody pairs is no error
+    a_values = values({k: a[k] for k in keys}, split, metric, names[0])
+    return compared(a_values, values({k: b[k] for k in keys}, split, metric, names[1]), f"{split} {metric}", names)
+
+
+def difference_of_differences(
+    sides: Sequence[dict[RunKey, dict[str, Any]]], split: str, metric: str, names: Sequence[str]
+) -> dict[str, Any]:
+    """``(a - b) - (c - d)`` in ``split`` ``metric`` over the runs all four ``sides`` have; ``a_mean`` and
+    ``b_mean`` are the means of ``a - b`` and ``c - d`` over those runs."""
+    keys = sorted(set.intersection(*(set(side) for side in sides)))
+    if not keys:
+        raise PairingError(f"{', '.join(names)} share no run (seed, fold): nothing to pair")
+    a, b, c, d = (
+        values({k: side[k] for k in keys}, split, metric, name) for side, name in zip(sides, names, strict=True)
+    )
+    first = {k: a[k] - b[k] for k in keys}
+    second = {k: c[k] - d[k] for k in keys}
+    return compared(first, second, f"{split} {metric}", (f"{names[0]} - {names[1]}", f"{names[2]} - {names[3]}"))
+
+
+def not_shared(sides: Sequence[dict[RunKey, Any]]) -> list[list[RunKey]]:
+    """Per side, its runs that some other side lacks (they are not paired; for two sides: the runs only ``a``
+    has, and those only ``b`` has)."""
+    shared = set.intersection(*(set(side) for side in sides))
+    return [sorted(set(side) - shared) for side in sides]
+
+
+def line(result: dict[str, Any], labels: tuple[str, str] = ("a", "b")) -> str:
+    """``val dice_hmean: a 0.250, b 0.198, a - b +0.052 (se 0.012), a ahead in 5 of 5`` (``labels``: the two
+    compared, e.g. ``("(a - b)", "(c - d)")``)."""
     se = "-" if result["se"] is None else f"{result['se']:.3f}"
+    first, second = labels
     return (
-        f"{result['metric']}: a {result['a_mean']:.3f}, b {result['b_mean']:.3f}, a - b {result['mean']:+.3f} "
-        f"(se {se}), a ahead in {result['ahead']} of {result['n']}"
+        f"{result['metric']}: {first} {result['a_mean']:.3f}, {second} {result['b_mean']:.3f}, {first} - {second} "
+        f"{result['mean']:+.3f} (se {se}), {first} ahead in {result['ahead']} of {result['n']}"
     )

@@ -1,5 +1,6 @@
 """Paired differences from published summaries (``pipeline.paired``, ``scripts/paired.py``): the same run on
-both sides, sources joined per side, unpaired runs listed, bad sources named."""
+both sides, sources joined per side, unpaired runs listed, bad sources named; the difference of differences of
+four sides."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.paired import PairingError, Source, joined_runs, paired
+from pipeline.paired import PairingError, Source, difference_of_differences, joined_runs, paired
 from scripts.paired import main as paired_main
 from tests.test_merge import ablation_part, part, runs
 
@@ -46,6 +47,39 @@ def test_two_sources_join_on_one_side_and_a_name_with_spaces_parses(tmp_path: Pa
     assert same["mean"] == 0 and same["ahead"] == 0 and same["n"] == 4  # the same records: no difference
 
 
+def test_the_difference_of_differences_subtracts_run_by_run_over_the_runs_all_four_share(
+    tmp_path: Path, capsys
+) -> None:
+    px128 = part(tmp_path, "px128", runs([0, 1, 2]))
+    px256 = part(tmp_path, "px256", runs([0, 1, 2, 3], seed=0))  # fold 3 only at 256: listed, not paired
+    sides = [(px256, "student (distill)"), (px128, "student (distill)"), (px256, "baseline"), (px128, "baseline")]
+    per_seed = [json.loads(path.read_text())["per_seed"] for path, _ in sides]
+    hmean = [
+        [p[f"0/fold{f}"][name]["val"]["dice_hmean"] for f in (0, 1, 2)]
+        for p, (_, name) in zip(per_seed, sides, strict=True)
+    ]
+    student_gain = [a - b for a, b in zip(hmean[0], hmean[1], strict=True)]
+    baseline_gain = [c - d for c, d in zip(hmean[2], hmean[3], strict=True)]
+    extra = [s - b for s, b in zip(student_gain, baseline_gain, strict=True)]
+    names = [f"{path}:{name}" for path, name in sides]
+    result = difference_of_differences(
+        [joined_runs([Source(path, name)]) for path, name in sides], "val", "dice_hmean", names
+    )
+    assert result["n"] == 3 and list(result["per_run"]) == [(0, 0), (0, 1), (0, 2)]
+    assert result["per_run"][(0, 1)] == pytest.approx(extra[1])
+    assert result["mean"] == pytest.approx(statistics.fmean(extra))
+    assert result["se"] == pytest.approx(statistics.stdev(extra) / 3**0.5)
+    assert result["a_mean"] == pytest.approx(statistics.fmean(student_gain))
+    assert result["b_mean"] == pytest.approx(statistics.fmean(baseline_gain))
+    argv = ["--a", names[0], "--b", names[1], "--c", names[2], "--d", names[3], "--metric", "val:dice_hmean"]
+    assert paired_main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"(a - b) - (c - d) {statistics.fmean(extra):+.3f}" in out
+    assert "per run (seed/fold (a - b) - (c - d)): 0/0 " in out and f"c: {names[2]}" in out
+    assert "not paired, only in a (1): 0/fold3" in out and "not paired, only in c (1): 0/fold3" in out
+    assert "only in b" not in out and "only in d" not in out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -58,6 +92,11 @@ def test_two_sources_join_on_one_side_and_a_name_with_spaces_parses(tmp_path: Pa
          r"pipe\.json:baseline: run seed 0 fold 0 has no val 'nope'"),
         (lambda p: ["--a", f"{p}:baseline", "--b", f"{p.parent / 'other.json'}:baseline"],
          r"pipe\.json:baseline and .*other\.json:baseline share no run \(seed, fold\): nothing to pair"),
+        (lambda p: ["--a", f"{p}:baseline", "--b", f"{p}:mean_teacher", "--c", f"{p}:baseline"],
+         r"--c and --d go together"),
+        (lambda p: ["--a", f"{p}:baseline", "--b", f"{p}:mean_teacher", "--c", f"{p}:baseline",
+                    "--d", f"{p.parent / 'other.json'}:baseline"],
+         r"pipe\.json:baseline, .*other\.json:baseline share no run \(seed, fold\): nothing to pair"),
     ],
 )  # fmt: skip
 def test_bad_sources_stop_with_one_line_naming_them(tmp_path: Path, argv, message: str) -> None:
