@@ -14,6 +14,14 @@ from pipeline.paths import BUNDLES
 from pipeline.scales import check_overrides, parse_overrides
 
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a folder name: no dots (``.partial``)
+#: the distillation settings that change the teacher ensemble itself (not only how the student learns from it)
+ENSEMBLE_KEYS = ("teacher_tasks", "teacher_top_k", "teacher_combine")
+
+
+def changes_ensemble(overrides: Mapping[str, Any]) -> bool:
+    """Whether a student arm distils another teacher ensemble than the default student's (then the
+    pipeline evaluates that ensemble too)."""
+    return any(key in overrides for key in ENSEMBLE_KEYS)
 
 
 def parse_arms(

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.report import is_teacher_row
+
 FAMILIES = ("baseline", "best teacher (validation)", "multitask_joint", "mean_teacher", "teacher ensemble",
             "student (distill)")  # fmt: skip
 ABLATION_FAMILY, ABLATION_ARM = "baseline alone (ablate.py)", "baseline"
@@ -34,7 +36,7 @@ def labelled_count(result: dict[str, Any]) -> int:
 
 def best_teacher(summary: dict[str, Any]) -> str | None:
     """The summary row of the teacher with the highest mean validation ``dice_hmean`` (None without teachers)."""
-    teachers = {k: v for k, v in summary.items() if k.startswith("teacher ") and k != "teacher ensemble"}
+    teachers = {k: v for k, v in summary.items() if is_teacher_row(k)}
     scored = {k: v[VALIDATION_KEY]["mean"] for k, v in teachers.items() if v.get(VALIDATION_KEY, {}).get("mean")}
     return max(scored, key=scored.__getitem__) if scored else None
 

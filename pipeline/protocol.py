@@ -31,7 +31,7 @@ from common.distill.selection import select, select_teachers
 from common.ssl import list_tasks
 from common.utils.checkpoints import CheckpointError
 from common.utils.io import file_sha256
-from pipeline.arms import check_arms
+from pipeline.arms import changes_ensemble, check_arms
 from pipeline.install import InstallError, install_run
 from pipeline.paths import portable_command, portable_path, publish
 from pipeline.report import write_report
@@ -148,6 +148,10 @@ class Protocol:
         name = f"distill_{arm}" if arm else "distill"
         return self.setting.step(name, "distill", seed_dir / name, data, facts, extra)
 
+    def ensemble_arms(self) -> list[str]:
+        """The student arms that distil another ensemble than the default student's (``changes_ensemble``)."""
+        return [arm for arm, overrides in self.student_arms.items() if changes_ensemble(overrides)]
+
     def students(self, seed_dir: Path, data: dict[str, Any], datalist_sha: str, teachers: list[dict]) -> list[Step]:
         """The student, then every student variant, all from the same teachers."""
         arms = [None, *self.student_arms]
@@ -211,6 +215,8 @@ def run_split(protocol: Protocol, seed: int, fold: int | None, runner: Runner) -
     distill = models.get("distill")
     if distill:
         evaluations[f"{tag}   distill ensemble"] = partial(evaluate_step, runner, distill, True)
+    for arm in protocol.ensemble_arms() if distill else []:  # an arm's own ensemble: on the test split too
+        evaluations[f"{tag}   distill_{arm} ensemble"] = partial(evaluate_step, runner, models[f"distill_{arm}"], True)
     for name, folder in protocol.external.items():
         ext = setting.external_data(name, folder)
         section = f"external_{name}"
@@ -300,6 +306,8 @@ def plan_split(protocol: Protocol, seed: int, fold: int | None = None) -> None:
     evaluations = [(n, s, False) for n, s in steps.items()]
     evaluations += [(n, st, False) for n, st in student_steps]
     evaluations += [] if no_student else [("distill ensemble", distill, True)]
+    arm_ensembles = [] if no_student else protocol.ensemble_arms()
+    evaluations += [(f"distill_{a} ensemble", students.get(f"distill_{a}"), True) for a in arm_ensembles]
     tuned = [(TUNED, " tuned")] if protocol.tune else []
     sections = [("test", ""), *tuned, *((f"external_{n}", f" on {n}") for n in protocol.external)]
     for section, where in sections:

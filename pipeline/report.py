@@ -78,6 +78,9 @@ def collect(seeds: Sequence[dict[str, Any]], external: Sequence[str] = ()) -> di
             if name == "distill":
                 ext = _external(m, external, ensemble=True)
                 put("teacher ensemble", seed, None, m.evaluation("test", ensemble=True), None, folder, ext)
+            elif name.startswith("distill_") and m.evaluation("test", ensemble=True):  # an arm's own ensemble
+                arm = name.removeprefix("distill_")
+                put(f"teacher ensemble ({arm})", seed, None, m.evaluation("test", ensemble=True), None, folder, {})
         for teacher in run["teachers"]:
             source = rows.get(teacher["bundle"], {}).get(seed)
             if source:
@@ -85,13 +88,20 @@ def collect(seeds: Sequence[dict[str, Any]], external: Sequence[str] = ()) -> di
     return in_report_order(rows)
 
 
+def is_teacher_row(row: str) -> bool:
+    """Whether a report row is one selected teacher (``teacher <task>``), not an ensemble of them."""
+    return row.startswith("teacher ") and not row.startswith("teacher ensemble")
+
+
 def in_report_order(rows: dict[str, Any]) -> dict[str, Any]:
     """``rows`` in the report's order: baseline, the stage-1 variants, the teachers, multitask_joint,
-    mean_teacher, the ensemble, the student and its variants."""
+    mean_teacher, the ensemble (then the student arms' own ensembles), the student and its variants."""
     order = ["baseline"]
     order += sorted(r for r in rows if r.endswith(("_joint", "_pretrain")) and r != "multitask_joint")
-    order += sorted(r for r in rows if r.startswith("teacher ") and r != "teacher ensemble")
-    order += ["multitask_joint", "mean_teacher", "teacher ensemble", "student (distill)"]
+    order += sorted(r for r in rows if is_teacher_row(r))
+    order += ["multitask_joint", "mean_teacher", "teacher ensemble"]
+    order += sorted(r for r in rows if r.startswith("teacher ensemble ("))
+    order += ["student (distill)"]
     order += sorted(r for r in rows if r.startswith("student (distill, "))
     return {r: rows[r] for r in order if r in rows}
 

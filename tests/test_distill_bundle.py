@@ -55,7 +55,8 @@ def test_labelled_share_reaches_the_students_sampler(tiny_siim: Path, tmp_path: 
 
 
 def test_teacher_top_k_keeps_the_best_teachers_of_the_selection(tiny_siim: Path, tmp_path: Path) -> None:
-    """``teacher_top_k`` ensembles only the k teachers with the best validation score; bad values stop the bundle."""
+    """``teacher_top_k`` ensembles only the k teachers with the best validation score, ``teacher_combine`` sets
+    how their probabilities combine; bad values stop the bundle."""
 
     def workflow(**overrides: object) -> ConfigWorkflow:
         flow = ConfigWorkflow(
@@ -82,6 +83,11 @@ def test_teacher_top_k_keeps_the_best_teachers_of_the_selection(tiny_siim: Path,
     for bad in (-1, "two", 1.5):
         with pytest.raises(SystemExit, match=f"--teacher_top_k {bad!r}: must be a whole number >= 0"):
             workflow(teacher_top_k=bad)
+    for combine in ("mean", "max"):
+        ensemble = workflow(teachers_file=str(selection), teacher_combine=combine).parser.get_parsed_content("ensemble")
+        assert ensemble.combine == combine and ensemble.tasks == ["rotation", "jigsaw", "genesis"]
+    with pytest.raises(SystemExit, match="--teacher_combine 'vote': "):
+        workflow(teacher_combine="vote")
 
 
 def _overrides(tiny_siim: Path, bundle: Path) -> list[str]:

@@ -304,22 +304,39 @@ def test_dry_run_of_a_finished_run_says_why_and_changes_nothing(
 def test_student_arms_train_beside_the_finished_student(
     run: Path, tiny_siim: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    """Arms train beside the default student; an arm with its own ensemble (``teacher_combine max``) also has
+    that ensemble evaluated on the test split, as its own report row."""
     seed = run / "seed0"
     student = file_sha256(seed / "distill" / "models" / "model.pt")
-    arm = ["--student-arm", "t2_a05", "temperature=2", "alpha=0.5"]
-    assert run_pipeline(pipeline_args(tiny_siim, run, *arm, "--dry-run")) == 0
-    assert "distill_t2_a05: would-train (not trained yet)" in capsys.readouterr().out
-    assert run_pipeline(pipeline_args(tiny_siim, run, *arm)) == 0
+    arms = ["--student-arm", "t2_a05", "temperature=2", "alpha=0.5", "--student-arm", "max", "teacher_combine=max"]
+    assert run_pipeline(pipeline_args(tiny_siim, run, *arms, "--dry-run")) == 0
+    printed = capsys.readouterr().out
+    assert "distill_t2_a05: would-train (not trained yet)" in printed
+    assert "distill_max ensemble: would-evaluate (after training)" in printed
+    assert "distill_t2_a05 ensemble" not in printed  # the same ensemble as the default student's
+    assert run_pipeline(pipeline_args(tiny_siim, run, *arms)) == 0
     printed = capsys.readouterr().out
     assert "distill_t2_a05: trained" in printed and "distill: current" in printed
+    assert "distill_max ensemble: evaluated" in printed
     assert file_sha256(seed / "distill" / "models" / "model.pt") == student  # the default student is untouched
     variant = RunMetrics.read(seed / "distill_t2_a05" / "models" / "metrics.json")
     kd = variant.section("distillation")
     assert variant.complete and kd["temperature"] == 2 and kd["alpha"] == 0.5 and variant.section("test")
+    assert not variant.evaluation("test", ensemble=True)
+    maximum = RunMetrics.read(seed / "distill_max" / "models" / "metrics.json")
+    assert maximum.section("distillation")["teacher_combine"] == "max" and maximum.evaluation("test", ensemble=True)
     results = json.loads((run / "results.json").read_text())
-    assert list(results["summary"])[-2:] == ["student (distill)", "student (distill, t2_a05)"]
-    assert results["settings"]["student_arms"] == {"t2_a05": {"temperature": 2, "alpha": 0.5}}
-    assert "| student (distill, t2_a05) |" in (run / "report.md").read_text()
+    rows = list(results["summary"])
+    assert rows[-4:] == ["teacher ensemble (max)", "student (distill)", "student (distill, max)",
+                         "student (distill, t2_a05)"]  # fmt: skip
+    assert rows.index("teacher ensemble") == rows.index("teacher ensemble (max)") - 1
+    assert results["settings"]["student_arms"] == {
+        "t2_a05": {"temperature": 2, "alpha": 0.5}, "max": {"teacher_combine": "max"}
+    }  # fmt: skip
+    report = (run / "report.md").read_text()
+    assert "| student (distill, t2_a05) |" in report and "| teacher ensemble (max) |" in report
+    assert run_pipeline(pipeline_args(tiny_siim, run, *arms)) == 0
+    assert "distill_max ensemble: current" in capsys.readouterr().out  # evaluated once
 
 
 def test_a_student_arm_with_an_unknown_key_stops_before_anything_runs(run: Path, tiny_siim: Path) -> None:

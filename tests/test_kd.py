@@ -107,6 +107,18 @@ def test_ensemble_is_the_mean_of_teacher_probabilities() -> None:
     assert not ensemble.train().training  # teachers stay in eval mode
 
 
+def test_max_ensemble_keeps_what_any_one_teacher_finds() -> None:
+    """``combine="max"``: the voxel-wise maximum of the teachers' probabilities; an unknown rule is refused."""
+    low, high = _Constant(-3.0), _Constant(1.0)
+    ensemble = TeacherEnsemble([low, high, _Constant(-2.0)], temperature=2.0, combine="max")
+    x = torch.zeros(1, 1, 4, 4)
+    assert torch.allclose(ensemble.probabilities(x), torch.full_like(x, _sig(0.5)))
+    mean = TeacherEnsemble([low, high, _Constant(-2.0)], temperature=2.0).probabilities(x)
+    assert (mean < 0.5).all() and (ensemble.probabilities(x) > 0.5).all()  # the mean drops the lesion, max keeps it
+    with pytest.raises(ValueError, match="combine must be one of mean, max, got 'vote'"):
+        TeacherEnsemble([low], combine="vote")
+
+
 def _unet() -> UNet:
     return UNet(2, 1, 1, channels=(4, 8, 16), strides=(2, 2), num_res_units=1, norm="batch")
 
@@ -181,6 +193,8 @@ def test_cached_and_online_soft_targets_agree(tiny_siim: Path, tmp_path: Path) -
     other_teachers = load_ensemble(_selection(tmp_path / "other", n=1), _unet(), "cpu", temperature=2.0)
     other = SoftTargetCache(load, tmp_path / "cache")
     assert other.folder_for(other_teachers) != cache.folder  # another selection never reads these targets
+    ensemble.combine = "max"
+    assert other.folder_for(ensemble) != cache.folder  # nor another combination rule of the same teachers
     with pytest.raises(KeyError, match="no soft target"):
         other.load(items[0]["image"])
 

@@ -92,14 +92,16 @@ class SoftTargetCache:
         self.counts = {"computed": 0, "reused": 0}
 
     def folder_for(self, ensemble: TeacherEnsemble) -> Path:
-        """The cache folder of ``ensemble``: keyed by its teachers, temperature and the preprocessing."""
-        key = pickle_hashing(
-            {
-                "teachers": _ensemble_fingerprint(ensemble),
-                "temperature": ensemble.temperature,
-                "transform": pickle_hashing(self.transform.transforms).decode(),
-            }
-        ).decode()
+        """The cache folder of ``ensemble``: keyed by its teachers, temperature, combination rule and the
+        preprocessing."""
+        facts = {
+            "teachers": _ensemble_fingerprint(ensemble),
+            "temperature": ensemble.temperature,
+            "transform": pickle_hashing(self.transform.transforms).decode(),
+        }
+        if ensemble.combine != "mean":  # the mean's key stays what it was before the rule was a choice: its
+            facts["combine"] = ensemble.combine  # caches stay valid
+        key = pickle_hashing(facts).decode()
         return self.cache_dir / "soft_targets" / key
 
     def file_for(self, image: str) -> Path:

@@ -1,4 +1,4 @@
-"""The stage-2 teachers: read the selection, verify and load each checkpoint, average them.
+"""The stage-2 teachers: read the selection, verify and load each checkpoint, combine them.
 
 ``scripts/select_teachers.py`` writes the selection (``teachers.json``: task, mode, checkpoint path
 and its sha256 per teacher). Every problem stops the run at once with a message that names what is
@@ -19,6 +19,10 @@ from common.utils.checkpoints import CheckpointError, load_checkpoint
 from common.utils.io import file_sha256
 
 SELECT_COMMAND = "python scripts/select_teachers.py"
+#: how the teachers' probabilities become one target: their mean (the method's ensemble, the default) or
+#: their voxel-wise maximum (a lesion any one teacher finds stays in the target: an ablation for weak teachers
+#: that disagree, whose mean falls under the threshold)
+COMBINE_RULES = ("mean", "max")
 TRAIN_HINT = (
     "train the stage-1 bundles and select the teachers first "
     f"(`python scripts/run_pipeline.py` does both, or train bundles/<task>_<mode> and run `{SELECT_COMMAND}`)"
@@ -136,20 +140,24 @@ def load_teacher(entry: dict[str, Any], network_def: torch.nn.Module, device: to
 
 
 class TeacherEnsemble(torch.nn.Module):
-    """The frozen teachers as one network: mean of their sigmoid probabilities at temperature T.
+    """The frozen teachers as one network: their sigmoid probabilities at temperature T, combined.
 
-    ``probabilities(x)`` is the soft target. ``forward(x)`` returns its logit, so the ensemble is a
-    drop-in ``network`` for the baseline's evaluation and inference configs (sigmoid, threshold 0.5).
+    ``probabilities(x)`` is the soft target: the teachers' mean (``combine="mean"``, the method's ensemble)
+    or their maximum (``"max"``). ``forward(x)`` returns its logit, so the ensemble is a drop-in ``network``
+    for the baseline's evaluation and inference configs (sigmoid, threshold 0.5).
     """
 
-    def __init__(self, teachers: Sequence[torch.nn.Module], temperature: float = 1.0) -> None:
+    def __init__(self, teachers: Sequence[torch.nn.Module], temperature: float = 1.0, combine: str = "mean") -> None:
         super().__init__()
         if not teachers:
             raise ValueError("an ensemble needs at least one teacher")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if combine not in COMBINE_RULES:
+            raise ValueError(f"combine must be one of {', '.join(COMBINE_RULES)}, got {combine!r}")
         self.teachers = torch.nn.ModuleList(teachers)
         self.temperature = float(temperature)
+        self.combine = combine
         self.fingerprint: list[str] = []  # the checkpoints' sha256 values when loaded from a selection
         self.tasks: list[str] = []
         self.requires_grad_(False)
@@ -160,12 +168,17 @@ class TeacherEnsemble(torch.nn.Module):
 
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of ``sigmoid(teacher(x) / T)`` over the teachers."""
+        """Mean (or maximum) of ``sigmoid(teacher(x) / T)`` over the teachers."""
         total = None
         for teacher in self.teachers:
             p = torch.sigmoid(teacher(x).float() / self.temperature)
-            total = p if total is None else total + p
-        return total / len(self.teachers)
+            if total is None:
+                total = p
+            elif self.combine == "max":
+                total = torch.maximum(total, p)
+            else:
+                total = total + p  # summed in teacher order, as before the rule was a choice (same bits)
+        return total if self.combine == "max" else total / len(self.teachers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.logit(self.probabilities(x), eps=1e-6)
@@ -178,14 +191,15 @@ def load_ensemble(
     temperature: float = 1.0,
     tasks: Sequence[str] = (),
     top_k: int = 0,
+    combine: str = "mean",
 ) -> TeacherEnsemble:
     """``TeacherEnsemble`` of the verified teachers in ``selection_file`` (``tasks``: a subset, default all;
-    ``top_k``: only the k best of them by validation score, 0 for all).
+    ``top_k``: only the k best of them by validation score, 0 for all; ``combine``: one of ``COMBINE_RULES``).
 
     Its ``fingerprint`` (the checkpoints' sha256 values) identifies it, e.g. in cache keys.
     """
     entries = read_selection(selection_file, tasks, top_k)
-    ensemble = TeacherEnsemble([load_teacher(e, network_def, device) for e in entries], temperature)
+    ensemble = TeacherEnsemble([load_teacher(e, network_def, device) for e in entries], temperature, combine)
     ensemble.fingerprint = [e["sha256"] for e in entries]
     ensemble.tasks = [e["task"] for e in entries]
     return ensemble

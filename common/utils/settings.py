@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.distill.teachers import COMBINE_RULES
 from common.utils.checkpoints import CheckpointError, load_checkpoint
 
 #: the U-Net halves the image four times (strides 2, 2, 2, 2): the size must divide by 2**4
@@ -277,6 +278,7 @@ RULES: dict[str, Callable[[str, Any], Any]] = {
     "output_prior": _output_prior,
     "labelled_share": _labelled_share,  # distill: the labelled images' share of the draws
     "teacher_top_k": lambda n, v: whole_number(n, v, 0),  # distill: only the k best teachers (0: all)
+    "teacher_combine": lambda n, v: one_of(n, v, COMBINE_RULES),  # distill: the teachers' mean or maximum
     "batch_size": lambda n, v: whole_number(n, v, 1),
     "num_workers": lambda n, v: whole_number(n, v, 0),
     "learning_rate": lambda n, v: real_number(n, v, 0, low_open=True),

@@ -31,7 +31,8 @@ def distill_run_prefix() -> list[str]:
         "$common.distill.soft_targets.prepare_soft_targets(@soft_targets, @ensemble, @soft_target_cache, "
         "@train#dataset.data, '' if @non_main_rank else @metrics_file, "
         "{'kd_loss': @kd_loss_kind, 'temperature': @temperature, 'alpha': @alpha, 'use_unlabelled': @use_unlabelled, "
-        "'labelled_share': @labelled_share, 'teacher_top_k': @teacher_top_k}, "
+        "'labelled_share': @labelled_share, 'teacher_top_k': @teacher_top_k, "
+        "'teacher_combine': @teacher_combine}, "
         "@train#trainer)"
     )
     check = "$common.distill.teachers.exit_unless_selection(@teachers_file, @teacher_tasks, @teacher_top_k)"
@@ -47,6 +48,7 @@ def distill_train() -> dict[str, Any]:
             "teachers_file": "$os.path.join(@ckpt_dir, 'teachers.json')",
             "teacher_tasks": [],
             "teacher_top_k": 0,
+            "teacher_combine": "mean",
             "soft_targets": "cached",
             "kd_loss_kind": "bce",
             "temperature": 1.0,
@@ -55,10 +57,10 @@ def distill_train() -> dict[str, Any]:
             "labelled_share": "natural",
         },
     )
-    add_settings_check(cfg, ["labelled_share", "teacher_top_k"])
+    add_settings_check(cfg, ["labelled_share", "teacher_top_k", "teacher_combine"])
     ensemble = (
         "$common.distill.teachers.load_ensemble(@teachers_file, @network_def, @device, @temperature, "
-        "@teacher_tasks, @teacher_top_k)"
+        "@teacher_tasks, @teacher_top_k, @teacher_combine)"
     )
     put(cfg, {"ensemble": ensemble}, after="network")
     distill_loss = {
@@ -127,7 +129,7 @@ def evaluate_ensemble() -> dict[str, Any]:
     cfg = {
         "network": (
             "$common.distill.teachers.load_ensemble(@teachers_file, @network_def, @device, 1.0, @teacher_tasks, "
-            "@teacher_top_k)"
+            "@teacher_top_k, @teacher_combine)"
         ),
         "validate#handlers": handlers,
         "use_tuned": False,  # the tuned post-processing next to model.pt is the student's, not the ensemble's
@@ -141,7 +143,8 @@ def distill_metadata() -> dict[str, Any]:
         DISTILL,
         "Pneumothorax segmentation, stage-2 distilled student (2D U-Net)",
         "2D U-Net student distilled from the ensemble of the selected stage-1 teachers (mean of their sigmoid "
-        "probabilities) plus the segmentation loss on the labelled images: the final model of the two-stage "
+        "probabilities; teacher_combine max: their maximum) "
+        "plus the segmentation loss on the labelled images: the final model of the two-stage "
         "multi-task self-supervised method. The exported model is the plain U-Net.",
         "ensemble knowledge distillation",
     )
