@@ -5,7 +5,10 @@ datalist it read, wall seconds, and the CPU seconds of the bundle process and it
 from ``os.wait4``). A run interrupted and resumed has one line per segment; ``summarise`` adds them up per
 run (the datalist tells runs of the same model apart: one per seed and fold, the pool's for pre-training)
 and averages over the runs, per model and stage (the log name's last part: ``pretrain``, ``train``,
-``tune``, ``test``, ...). Users weigh a bundle by these minutes; the report prints them.
+``tune``, ``test``, ...). Users weigh a bundle by these minutes; the report prints them. A line marked
+``fresh`` (a training started from scratch, e.g. retrained after its settings changed, or an evaluation)
+replaces the earlier lines of its run and stage, so a retrained model costs one training, not two (lines
+written before the mark existed add up as before).
 
 One output folder collects the commands of every sitting (``--only-folds 4`` after folds 0-3), so a summary
 of some runs keeps only theirs: :func:`per_run` names each run by its datalist's folder (``seed0/fold4`` ->
@@ -27,9 +30,12 @@ COMPUTE_FILE = "compute.jsonl"
 TRAINING_STAGES = ("pretrain", "train")
 
 
-def record(log_dir: Path, log_name: str, datalist: str, wall_s: float, cpu_s: float) -> None:
-    """Append one command's cost (the caller serialises concurrent calls)."""
+def record(log_dir: Path, log_name: str, datalist: str, wall_s: float, cpu_s: float, fresh: bool = False) -> None:
+    """Append one command's cost (the caller serialises concurrent calls); ``fresh``: the command started its
+    run over (not a resumed segment), so it replaces the run's earlier lines."""
     line = {"log": log_name, "datalist": datalist, "wall_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2)}
+    if fresh:
+        line["fresh"] = True
     with open(log_dir / COMPUTE_FILE, "a") as f:
         f.write(json.dumps(line) + "\n")
 
@@ -49,6 +55,7 @@ def read(log_dir: Path) -> tuple[list[dict[str, Any]], int]:
                     "datalist": str(item["datalist"]),
                     "wall_s": float(item["wall_s"]),
                     "cpu_s": float(item["cpu_s"]),
+                    "fresh": item.get("fresh") is True,
                 }
             )
         except (ValueError, KeyError, TypeError):
@@ -78,11 +85,13 @@ def run_of(datalist: str) -> str | None:
 
 
 def per_run(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``{model, stage, run, cpu_s, wall_s}`` per run: the segments of a resumed run summed (runs told apart
-    by their datalist; ``run`` is :func:`run_of` it)."""
+    """``{model, stage, run, cpu_s, wall_s}`` per run: the segments of a resumed run summed from its last
+    fresh start on (runs told apart by their datalist; ``run`` is :func:`run_of` it)."""
     totals: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
     for r in records:
         model, stage = model_and_stage(r["log"])
+        if r.get("fresh"):
+            totals[(model, stage, r["datalist"])] = [0.0, 0.0]
         t = totals[(model, stage, r["datalist"])]
         t[0] += r["cpu_s"]
         t[1] += r["wall_s"]

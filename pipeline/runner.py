@@ -132,7 +132,8 @@ class Runner:
                 with self._lock:
                     self._free_devices.append(device)
         with self._lock:  # what the command cost, failed or not (a resumed run adds its segments)
-            compute.record(self.log_dir, log_name, str(overrides.get("datalist_file", "")), wall_s, cpu_s)
+            datalist, fresh = str(overrides.get("datalist_file", "")), not overrides.get("resume", False)
+            compute.record(self.log_dir, log_name, datalist, wall_s, cpu_s, fresh)
         if returncode != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
             raise StepError(f"{log_name} failed (exit {returncode}); log: {log}\n{tail}")

@@ -35,6 +35,20 @@ def test_resumed_segments_add_up_and_runs_average(tmp_path: Path) -> None:
     assert "| distill | - | - | 0.2 (0.1) |" in table
 
 
+def test_a_fresh_start_replaces_the_runs_earlier_lines(tmp_path: Path) -> None:
+    """A model retrained from scratch (its settings changed) costs one training, not the old one plus the new;
+    a resumed segment still adds, and lines without the mark (older logs) add up as before."""
+    compute.record(tmp_path, "fold0-distill-train", "f0.json", 200.0, 200.0, fresh=True)  # the first training
+    compute.record(tmp_path, "fold0-distill-test", "f0.json", 5.0, 5.0, fresh=True)
+    compute.record(tmp_path, "fold0-distill-train", "f0.json", 100.0, 120.0, fresh=True)  # retrained...
+    compute.record(tmp_path, "fold0-distill-train", "f0.json", 50.0, 60.0)  # ...killed, resumed
+    compute.record(tmp_path, "fold0-distill-test", "f0.json", 6.0, 6.0, fresh=True)  # the new model evaluated
+    compute.record(tmp_path, "fold1-distill-train", "f1.json", 30.0, 30.0)  # an older log: no mark
+    compute.record(tmp_path, "fold1-distill-train", "f1.json", 30.0, 30.0)
+    costs = {(r["stage"], r["cpu_s"], r["wall_s"]) for r in compute.per_run(compute.read(tmp_path)[0])}
+    assert costs == {("train", 180.0, 150.0), ("test", 6.0, 6.0), ("train", 60.0, 60.0)}
+
+
 def test_a_summary_of_some_runs_keeps_theirs_and_their_seeds_pretraining(tmp_path: Path) -> None:
     """One output folder logs every sitting: fold 4's summary must not count folds 0-3 or another seed."""
     for seed in (0, 1):
